@@ -1,0 +1,133 @@
+//! Group commit: one writer in front of the store.
+//!
+//! Every request's blobs arrive on a bounded channel. The writer takes all
+//! that is waiting, writes it as one store operation (one SQLite transaction,
+//! one `_bulk_docs`), and only then answers each request. While a write is in
+//! flight, newer requests queue up for the next one, so under load a single
+//! fsync covers many producers. A request is never split across writes, so
+//! it is stored all or nothing.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::blob::Blob;
+use crate::store::{Store, StoreError};
+
+/// Requests that may wait for the writer; beyond that, producers wait
+/// (backpressure instead of unbounded buffering).
+pub const QUEUE_DEPTH: usize = 4096;
+
+/// Blobs the writer gathers into one store operation at most.
+pub const MAX_BATCH_BLOBS: usize = 8192;
+
+/// Why a write was not acknowledged. Nothing of the request was stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WriteError {
+    /// `STORAGE_QUOTA_BYTES` would be exceeded.
+    #[error(
+        "the storage quota is full: {used} of {quota} bytes used, this request needs {needed} more"
+    )]
+    QuotaFull {
+        /// The configured quota.
+        quota: u64,
+        /// Bytes stored now.
+        used: u64,
+        /// Bytes this request would add.
+        needed: u64,
+    },
+    /// The store failed the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The server is stopping and takes no more writes.
+    #[error("kpiggybank is shutting down")]
+    ShuttingDown,
+}
+
+struct Job {
+    blobs: Vec<Blob>,
+    bytes: u64,
+    reply: oneshot::Sender<Result<(), WriteError>>,
+}
+
+/// A handle to submit blobs to the writer; cheap to clone.
+#[derive(Clone)]
+pub struct Batcher {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Batcher {
+    /// Starts the writer task; it ends once every handle is dropped and the
+    /// queue is drained.
+    pub fn start(store: Arc<dyn Store>, quota_bytes: u64) -> (Batcher, JoinHandle<()>) {
+        let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
+        let task = tokio::spawn(write_loop(store, quota_bytes, rx));
+        (Batcher { jobs }, task)
+    }
+
+    /// Stores the blobs durably, as one all-or-nothing unit; returns their ids.
+    pub async fn submit(&self, blobs: Vec<Blob>) -> Result<Vec<Arc<str>>, WriteError> {
+        let ids = blobs.iter().map(|b| b.id.clone()).collect();
+        let bytes = blobs.iter().map(|b| b.doc.as_str().len() as u64).sum();
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                blobs,
+                bytes,
+                reply,
+            })
+            .await
+            .map_err(|_| WriteError::ShuttingDown)?;
+        answer.await.map_err(|_| WriteError::ShuttingDown)??;
+        Ok(ids)
+    }
+}
+
+async fn write_loop(store: Arc<dyn Store>, quota: u64, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        let mut count = jobs[0].blobs.len();
+        while count < MAX_BATCH_BLOBS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.blobs.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+
+        let mut used = store.used_bytes();
+        let mut accepted = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if quota > 0 && used + job.bytes > quota {
+                let _ = job.reply.send(Err(WriteError::QuotaFull {
+                    quota,
+                    used,
+                    needed: job.bytes,
+                }));
+            } else {
+                used += job.bytes;
+                accepted.push(job);
+            }
+        }
+        if accepted.is_empty() {
+            continue;
+        }
+
+        let blobs: Vec<Blob> = accepted
+            .iter_mut()
+            .flat_map(|job| std::mem::take(&mut job.blobs))
+            .collect();
+        let n = blobs.len();
+        let result = store.write(blobs).await.map_err(WriteError::from);
+        match &result {
+            Ok(()) => tracing::trace!(blobs = n, requests = accepted.len(), "batch committed"),
+            Err(e) => tracing::warn!(blobs = n, "batch failed: {e}"),
+        }
+        for job in accepted {
+            let _ = job.reply.send(result.clone());
+        }
+    }
+}

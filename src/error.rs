@@ -1,0 +1,110 @@
+//! Every error a client can see, and the one place where each becomes an
+//! HTTP answer or a WebSocket `error` frame.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::batcher::WriteError;
+use crate::blob::BlobError;
+use crate::store::StoreError;
+
+/// An error answered to a client; its message names the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The submission is malformed.
+    #[error(transparent)]
+    Blob(#[from] BlobError),
+    /// The write was refused or failed; nothing was stored.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// A read or subscription failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A query parameter that cannot be used.
+    #[error("query parameter `{name}` must be {expected}, got {value:?}")]
+    BadParam {
+        /// The parameter.
+        name: &'static str,
+        /// What was sent.
+        value: String,
+        /// What it accepts.
+        expected: &'static str,
+    },
+    /// The body is over `MAX_BODY_BYTES`.
+    #[error("the body is larger than the limit of {limit} bytes (MAX_BODY_BYTES)")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The body could not be read.
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    /// Nothing there.
+    #[error("{0}")]
+    NotFound(String),
+    /// Smash without the right bearer token.
+    #[error("smash needs the header `Authorization: Bearer <ADMIN_TOKEN>`")]
+    Unauthorized,
+    /// Smash while no `ADMIN_TOKEN` is configured.
+    #[error("smash is disabled: start kpiggybank with ADMIN_TOKEN set to allow it")]
+    SmashDisabled,
+}
+
+impl ApiError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Blob(_) | ApiError::BadParam { .. } | ApiError::BodyRead(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Write(WriteError::QuotaFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Write(WriteError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
+                StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::BadSeq(_) => StatusCode::BAD_REQUEST,
+                StoreError::EpochMismatch { .. } => StatusCode::CONFLICT,
+            },
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::SmashDisabled => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// A short machine-readable name for this kind of error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Blob(_) => "bad_blob",
+            ApiError::BadParam { .. } => "bad_param",
+            ApiError::BodyRead(_) => "bad_body",
+            ApiError::Write(WriteError::QuotaFull { .. }) => "quota_full",
+            ApiError::Write(WriteError::ShuttingDown) => "shutting_down",
+            ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
+                StoreError::Unavailable(_) => "store_unavailable",
+                StoreError::BadSeq(_) => "bad_seq",
+                StoreError::EpochMismatch { .. } => "epoch_mismatch",
+            },
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::SmashDisabled => "smash_disabled",
+        }
+    }
+
+    /// The JSON body: `{"error": message, "code": name}`.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": self.to_string(), "code": self.code() })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!("answering {status}: {self}");
+        } else {
+            tracing::debug!("answering {status}: {self}");
+        }
+        (status, axum::Json(self.body())).into_response()
+    }
+}

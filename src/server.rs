@@ -1,0 +1,119 @@
+//! Wires config, store, batcher, hub and routes together; serves until told
+//! to stop, then finishes in-flight writes and closes streams.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::batcher::Batcher;
+use crate::config::{Backend, Config};
+use crate::hub::Hub;
+use crate::store::{self, Store, StoreError};
+
+/// How long shutdown waits for the writer to drain after the last request.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The store, for reads.
+    pub store: Arc<dyn Store>,
+    /// The writer, for every write.
+    pub batcher: Batcher,
+    /// The change fan-out.
+    pub hub: Arc<Hub>,
+    /// Cancelled when the server stops: ends streams and sockets.
+    pub shutdown: CancellationToken,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store did not open.
+    #[error("cannot open the {backend} store: {source}")]
+    Store {
+        /// `DB_BACKEND`.
+        backend: &'static str,
+        /// What went wrong.
+        source: StoreError,
+    },
+    /// The address could not be bound.
+    #[error("cannot listen on {addr} (HOST, PORT): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What went wrong.
+        source: std::io::Error,
+    },
+}
+
+/// The router over a state: every route of the service.
+pub fn app(state: AppState) -> Router {
+    crate::http::routes().with_state(state)
+}
+
+/// Opens the store, binds, serves until `stop` resolves, then shuts down
+/// gracefully: no new connections, in-flight writes answered, streams ended.
+pub async fn run(
+    config: Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let hub = Hub::new();
+    let store = store::open(&config, hub.clone())
+        .await
+        .map_err(|source| StartError::Store {
+            backend: config.backend.name(),
+            source,
+        })?;
+    if matches!(config.backend, Backend::Memory | Backend::Dummy) {
+        tracing::warn!(
+            "DB_BACKEND={}: nothing is saved, every blob is gone when the process stops",
+            config.backend.name()
+        );
+    }
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+
+    let (batcher, writer) = Batcher::start(store.clone(), config.storage_quota_bytes);
+    let shutdown = CancellationToken::new();
+    tracing::info!(
+        "kpiggybank listening on http://{addr} (backend {}, database {}, {})",
+        config.backend.name(),
+        config.db_name,
+        store.describe()
+    );
+    let state = AppState {
+        config: Arc::new(config),
+        store,
+        batcher,
+        hub,
+        shutdown: shutdown.clone(),
+    };
+    let token = shutdown.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            stop.await;
+            tracing::info!("stopping: finishing in-flight requests");
+            token.cancel();
+        })
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    // Every handler is done and its state dropped: the writer drains and ends.
+    if tokio::time::timeout(DRAIN_TIMEOUT, writer).await.is_err() {
+        tracing::warn!("the writer did not drain within {DRAIN_TIMEOUT:?}");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
