@@ -145,14 +145,20 @@ pub fn parse_json_body(text: &str) -> Result<Vec<Blob>, BlobError> {
         let has = |name: &str| fields.0.iter().any(|(k, _)| k.0 == name);
         if has("data") && !has("timestamp") {
             let data = fields.0.iter().find(|(k, _)| k.0 == "data").unwrap().1;
-            return match serde_json::from_str::<String>(data.get()) {
-                Ok(inner) => parse_submission(&inner),
-                Err(_) => parse_submission(data.get()),
-            };
+            return parse_data_value(data.get());
         }
         return Ok(vec![blob_from_fields(fields, None)?]);
     }
     parse_submission(text)
+}
+
+/// Parses a `data` value: a blob, a list, or a JSON string holding either
+/// (as the original client's form field does).
+pub fn parse_data_value(raw: &str) -> Result<Vec<Blob>, BlobError> {
+    match serde_json::from_str::<String>(raw) {
+        Ok(inner) => parse_submission(&inner),
+        Err(_) => parse_submission(raw),
+    }
 }
 
 /// Parses the JSON text of one blob or a list of blobs (the `data` field's value).

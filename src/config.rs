@@ -5,10 +5,33 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Default cap on one request body: far above a sign-in blob (~600 bytes),
 /// low enough that a client cannot make the server buffer much.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Default cap on open WebSocket connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default time between server pings on a WebSocket; a peer silent for two
+/// of them is dropped.
+pub const DEFAULT_WS_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// Default time a WebSocket may take to accept one batch of frames before a
+/// stuck subscriber is closed with the seq to resume from.
+pub const DEFAULT_WS_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which browser origins may open a WebSocket (`ALLOWED_ORIGINS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    /// Only pages served by this server (the default).
+    SameOrigin,
+    /// Any origin (`*`).
+    Any,
+    /// Same origin plus these, e.g. `https://dash.example.com`.
+    List(Vec<String>),
+}
 
 /// Which store keeps the blobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +113,14 @@ pub struct Config {
     pub storage_quota_bytes: u64,
     /// `ADMIN_TOKEN`: bearer token that allows `smash`; unset disables it.
     pub admin_token: Option<Secret>,
+    /// `ALLOWED_ORIGINS`: browser origins allowed to open WebSockets.
+    pub allowed_origins: Origins,
+    /// `MAX_CONNECTIONS`: open WebSocket connections allowed at once.
+    pub max_connections: usize,
+    /// `WS_PING_INTERVAL_MS`: time between server pings.
+    pub ws_ping_interval: Duration,
+    /// `WS_SEND_TIMEOUT_MS`: longest wait on a WebSocket that does not read.
+    pub ws_send_timeout: Duration,
 }
 
 /// A configuration value that cannot be used; names the variable.
@@ -195,6 +226,24 @@ impl Config {
                 "a number of bytes (0 = no quota)",
             )?,
             admin_token: get("ADMIN_TOKEN").map(|t| Secret(t.to_string())),
+            allowed_origins: match get("ALLOWED_ORIGINS") {
+                None => Origins::SameOrigin,
+                Some("*") => Origins::Any,
+                Some(list) => Origins::List(
+                    list.split(',')
+                        .map(|o| o.trim().trim_end_matches('/').to_string())
+                        .filter(|o| !o.is_empty())
+                        .collect(),
+                ),
+            },
+            max_connections: parse(
+                get,
+                "MAX_CONNECTIONS",
+                DEFAULT_MAX_CONNECTIONS,
+                "a number of connections",
+            )?,
+            ws_ping_interval: millis(get, "WS_PING_INTERVAL_MS", DEFAULT_WS_PING_INTERVAL)?,
+            ws_send_timeout: millis(get, "WS_SEND_TIMEOUT_MS", DEFAULT_WS_SEND_TIMEOUT)?,
         })
     }
 }
@@ -213,6 +262,27 @@ fn parse<'a, T: std::str::FromStr>(
             expected,
         }),
     }
+}
+
+fn millis<'a>(
+    get: impl Fn(&str) -> Option<&'a str>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let ms: u64 = parse(
+        get,
+        var,
+        default.as_millis() as u64,
+        "a positive number of milliseconds",
+    )?;
+    if ms == 0 {
+        return Err(ConfigError {
+            var,
+            value: "0".into(),
+            expected: "a positive number of milliseconds",
+        });
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn nonzero_port(var: &'static str, port: u16) -> Result<u16, ConfigError> {

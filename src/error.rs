@@ -3,6 +3,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
 
 use crate::batcher::WriteError;
 use crate::blob::BlobError;
@@ -48,15 +49,29 @@ pub enum ApiError {
     /// Smash while no `ADMIN_TOKEN` is configured.
     #[error("smash is disabled: start kpiggybank with ADMIN_TOKEN set to allow it")]
     SmashDisabled,
+    /// A WebSocket frame that is not a command this server knows.
+    #[error("{0}")]
+    BadFrame(String),
+    /// A browser page from another site tried to open a WebSocket.
+    #[error("origin {0:?} may not open a WebSocket here (see ALLOWED_ORIGINS)")]
+    OriginNotAllowed(String),
+    /// `MAX_CONNECTIONS` WebSockets are already open.
+    #[error(
+        "too many WebSocket connections: all {0} allowed (MAX_CONNECTIONS) are in use, try again later"
+    )]
+    TooManyConnections(usize),
 }
 
 impl ApiError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Blob(_) | ApiError::BadParam { .. } | ApiError::BodyRead(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::Blob(_)
+            | ApiError::BadParam { .. }
+            | ApiError::BodyRead(_)
+            | ApiError::BadFrame(_) => StatusCode::BAD_REQUEST,
+            ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Write(WriteError::QuotaFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Write(WriteError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
@@ -88,12 +103,26 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthorized => "unauthorized",
             ApiError::SmashDisabled => "smash_disabled",
+            ApiError::BadFrame(_) => "bad_frame",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::TooManyConnections(_) => "too_many_connections",
         }
     }
 
     /// The JSON body: `{"error": message, "code": name}`.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({ "error": self.to_string(), "code": self.code() })
+    }
+
+    /// The WebSocket answer: `{"type":"error","ref":…,"code":…,"error":…}`.
+    pub fn ws_frame(&self, reference: Option<&RawValue>) -> String {
+        serde_json::json!({
+            "type": "error",
+            "ref": reference,
+            "code": self.code(),
+            "error": self.to_string(),
+        })
+        .to_string()
     }
 }
 

@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/wsapi/interaction_data/last", get(last))
         .route("/wsapi/interaction_data/stream", get(stream))
         .route("/wsapi/interaction_data/smash", post(smash))
+        .route("/wsapi/stats", get(stats))
         .fallback(not_found)
 }
 
@@ -283,7 +284,7 @@ async fn stream(
                     Ok(entries) => {
                         let mut buf = BytesMut::with_capacity(entries.iter().map(|e| e.frame.len() + 2).sum());
                         for entry in entries {
-                            buf.extend_from_slice(&entry.frame);
+                            buf.extend_from_slice(entry.frame.as_bytes());
                             buf.extend_from_slice(b"\r\n");
                         }
                         buf.freeze()
@@ -306,6 +307,19 @@ async fn stream(
         Body::from_stream(lines),
     )
         .into_response())
+}
+
+async fn stats(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(serde_json::json!({
+        "backend": state.config.backend.name(),
+        "epoch": state.store.epoch(),
+        "count": state.store.count().await?,
+        "used_bytes": state.store.used_bytes(),
+        "connections": state.registry.connections(),
+        "subscribers": state.registry.subscribers(),
+        "refused_connections": state.registry.refused(),
+        "catch_ups": state.hub.catch_ups(),
+    })))
 }
 
 async fn smash(

@@ -12,7 +12,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
+use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
@@ -39,8 +39,9 @@ pub struct Entry {
     pub seq: Seq,
     /// The blob id.
     pub id: Arc<str>,
-    /// `{"type":"change","seq":…,"id":…,"doc":{…}}`: a WebSocket frame and a stream line.
-    pub frame: Bytes,
+    /// `{"type":"change","seq":…,"id":…,"doc":{…}}`: a WebSocket text frame and
+    /// a stream line, shared (not copied) by every subscriber.
+    pub frame: Utf8Bytes,
 }
 
 impl Entry {
@@ -60,7 +61,7 @@ impl Entry {
         Entry {
             seq: change.seq,
             id: change.id,
-            frame: Bytes::from(frame),
+            frame: Utf8Bytes::from(frame),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`batcher`]: group commit in front of any store; answers after durability.
 //! - [`hub`]: change fan-out, slow-subscriber catch-up from the store.
 //! - [`http`]: the HTTP routes, compatible with the Node.js original.
+//! - [`ws`]: the WebSocket endpoint: push and subscribe on one socket.
 //! - [`error`]: every error a client can see, turned into an answer in one place.
 //! - [`server`]: wires the parts together, serves, shuts down gracefully.
 
@@ -30,3 +31,4 @@ pub mod hub;
 pub mod sample;
 pub mod server;
 pub mod store;
+pub mod ws;

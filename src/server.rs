@@ -9,11 +9,13 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::batcher::Batcher;
 use crate::config::{Backend, Config};
 use crate::hub::Hub;
 use crate::store::{self, Store, StoreError};
+use crate::ws::registry::Registry;
 
 /// How long shutdown waits for the writer to drain after the last request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +33,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Cancelled when the server stops: ends streams and sockets.
     pub shutdown: CancellationToken,
+    /// Open WebSocket connections.
+    pub registry: Arc<Registry>,
+    /// WebSocket connection tasks, awaited at shutdown.
+    pub tracker: TaskTracker,
 }
 
 /// Why the server could not start.
@@ -56,7 +62,9 @@ pub enum StartError {
 
 /// The router over a state: every route of the service.
 pub fn app(state: AppState) -> Router {
-    crate::http::routes().with_state(state)
+    crate::http::routes()
+        .merge(crate::ws::routes())
+        .with_state(state)
 }
 
 /// Opens the store, binds, serves until `stop` resolves, then shuts down
@@ -94,15 +102,19 @@ pub async fn run(
         config.db_name,
         store.describe()
     );
+    let tracker = TaskTracker::new();
     let state = AppState {
+        registry: Registry::new(config.max_connections),
         config: Arc::new(config),
         store,
         batcher,
         hub,
         shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
     };
     let token = shutdown.clone();
-    axum::serve(listener, app(state))
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async move {
             stop.await;
             tracing::info!("stopping: finishing in-flight requests");
@@ -110,6 +122,15 @@ pub async fn run(
         })
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
+    // WebSocket tasks outlive the HTTP server: they answer their pending
+    // pushes and close with 1001.
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("WebSocket connections did not close within {DRAIN_TIMEOUT:?}");
+    }
     // Every handler is done and its state dropped: the writer drains and ends.
     if tokio::time::timeout(DRAIN_TIMEOUT, writer).await.is_err() {
         tracing::warn!("the writer did not drain within {DRAIN_TIMEOUT:?}");

@@ -1,0 +1,434 @@
+//! The WebSocket endpoint `/wsapi/ws`: push blobs and follow the change feed
+//! on one socket (the frames are described in [`protocol`]).
+//!
+//! One task per connection runs a `select!` over: the answers of pushes in
+//! flight, incoming frames, the subscription's next changes, server pings,
+//! and shutdown. Nothing is queued per subscriber: changes are pulled from
+//! the hub only when the socket has taken the previous batch, so a slow
+//! reader falls behind in the hub (and is caught up from the store), never
+//! in our memory.
+
+pub mod protocol;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::Response;
+use axum::routing::get;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, SplitSink};
+use futures::{FutureExt, SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::config::Origins;
+use crate::error::ApiError;
+use crate::hub::{Entry, Start, Subscription};
+use crate::server::AppState;
+use crate::store::{Seq, StoreError};
+use protocol::ClientFrame;
+use registry::ConnGuard;
+
+/// Pushes a connection may have waiting for the store; past it we stop
+/// reading the socket, so a flooding producer is slowed by TCP, not buffered.
+pub const MAX_INFLIGHT_PUSHES: usize = 1024;
+
+/// Bytes of pushes a connection may have waiting for the store.
+pub const MAX_INFLIGHT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Read buffer per connection; small, so an idle connection costs little.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// Frames are flushed once this much is buffered for one connection.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// How long shutdown waits for a connection's pending acks.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// How long a close frame may take to leave.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Close code for a subscriber that stopped reading; the reason carries
+/// `{"since":…,"epoch":…}` to resume from.
+pub const CLOSE_TOO_SLOW: u16 = 4000;
+
+/// The WebSocket route.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/wsapi/ws", get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    check_origin(&state.config.allowed_origins, &headers)?;
+    let auto = auto_subscribe(&params)?;
+    let guard = state
+        .registry
+        .admit(peer)
+        .ok_or_else(|| ApiError::TooManyConnections(state.registry.max()))?;
+    let max = state.config.max_body_bytes;
+    let tracker = state.tracker.clone();
+    Ok(ws
+        .max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .on_upgrade(move |socket| tracker.track_future(serve(socket, state, guard, auto))))
+}
+
+/// Refuses browser pages from other sites (cross-site WebSocket hijacking).
+/// Clients that send no `Origin` (websocat, programs) are not browsers.
+fn check_origin(allowed: &Origins, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let same = origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| !host.is_empty() && rest.eq_ignore_ascii_case(host));
+    let ok = same
+        || match allowed {
+            Origins::SameOrigin => false,
+            Origins::Any => true,
+            Origins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::OriginNotAllowed(origin.to_string()))
+    }
+}
+
+/// `?subscribe`, `?since=…&epoch=…` or `?last=N` subscribe at connect time,
+/// so watching the feed with websocat takes one command.
+fn auto_subscribe(
+    params: &HashMap<String, String>,
+) -> Result<Option<(Start, Option<String>)>, ApiError> {
+    let since = params.get("since").filter(|s| !s.is_empty());
+    let last = params.get("last").filter(|s| !s.is_empty());
+    let epoch = params.get("epoch").filter(|s| !s.is_empty()).cloned();
+    let start = match (since, last) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadParam {
+                name: "last",
+                value: last.unwrap().clone(),
+                expected: "absent when `since` is given",
+            });
+        }
+        (Some(since), None) => Start::Since(Seq::from_param(since)),
+        (None, Some(n)) => Start::Last(
+            n.parse::<u64>()
+                .ok()
+                .filter(|n| *n <= protocol::MAX_REPLAY)
+                .ok_or_else(|| ApiError::BadParam {
+                    name: "last",
+                    value: n.clone(),
+                    expected: "a number of blobs, at most 10000",
+                })? as usize,
+        ),
+        (None, None) if params.contains_key("subscribe") => Start::Now,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some((start, epoch)))
+}
+
+/// Why a connection ended.
+enum End {
+    /// The peer closed or went away.
+    Gone,
+    /// The server is stopping.
+    Shutdown,
+    /// A frame over `MAX_BODY_BYTES`.
+    TooBig,
+    /// No pong for two ping intervals.
+    Silent,
+    /// The socket took no frames for `WS_SEND_TIMEOUT_MS`.
+    TooSlow,
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// One connection's state.
+struct Conn {
+    sink: Sink,
+    state: AppState,
+    guard: ConnGuard,
+    sub: Option<Subscription>,
+    /// Seq of the last change handed to the socket: where to resume.
+    last_sent: Option<Seq>,
+    /// Answers of pushes waiting for the store, with their sizes.
+    pending: FuturesUnordered<BoxFuture<'static, (String, usize)>>,
+    pending_bytes: usize,
+}
+
+async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    guard: ConnGuard,
+    auto: Option<(Start, Option<String>)>,
+) {
+    let (sink, mut stream) = socket.split();
+    let send_timeout = state.config.ws_send_timeout;
+    let ping_every = state.config.ws_ping_interval;
+    let shutdown = state.shutdown.clone();
+    let mut conn = Conn {
+        sink,
+        state,
+        guard,
+        sub: None,
+        last_sent: None,
+        pending: FuturesUnordered::new(),
+        pending_bytes: 0,
+    };
+    if let Some((start, epoch)) = auto
+        && conn.subscribe(None, start, epoch).await.is_err()
+    {
+        return;
+    }
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut last_heard = Instant::now();
+
+    let end = loop {
+        let can_read =
+            conn.pending.len() < MAX_INFLIGHT_PUSHES && conn.pending_bytes < MAX_INFLIGHT_BYTES;
+        tokio::select! {
+            _ = shutdown.cancelled() => break End::Shutdown,
+            Some((answer, bytes)) = conn.pending.next(), if !conn.pending.is_empty() => {
+                conn.pending_bytes -= bytes;
+                if conn.send_text(answer, send_timeout).await.is_err() {
+                    break End::TooSlow;
+                }
+            }
+            incoming = stream.next(), if can_read => {
+                last_heard = Instant::now();
+                let outcome = match incoming {
+                    None | Some(Ok(Message::Close(_))) => break End::Gone,
+                    Some(Err(e)) => break if is_too_big(e) { End::TooBig } else { End::Gone },
+                    Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        let err = ApiError::BadFrame("binary frames are not accepted: send JSON text frames".into());
+                        conn.send_text(err.ws_frame(None), send_timeout).await
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                };
+                if outcome.is_err() {
+                    break End::TooSlow;
+                }
+            }
+            batch = next_changes(&mut conn.sub) => match batch {
+                Ok(entries) => {
+                    if conn.send_changes(&entries, send_timeout).await.is_err() {
+                        break End::TooSlow;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("ending a subscription: {e}");
+                    conn.sub = None;
+                    conn.guard.info.subscribed.store(false, Ordering::Relaxed);
+                    let _ = conn.send_text(ApiError::from(e).ws_frame(None), send_timeout).await;
+                }
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ping_every * 2 {
+                    break End::Silent;
+                }
+                if timed(send_timeout, conn.sink.send(Message::Ping(Default::default()))).await.is_err() {
+                    break End::TooSlow;
+                }
+            }
+        }
+    };
+    conn.finish(end).await;
+}
+
+/// Waits for the subscription's next changes; never resolves without one.
+async fn next_changes(sub: &mut Option<Subscription>) -> Result<Vec<Arc<Entry>>, StoreError> {
+    match sub {
+        Some(sub) => sub.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn is_too_big(e: axum::Error) -> bool {
+    matches!(
+        e.into_inner()
+            .downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
+        Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
+    )
+}
+
+/// Runs a send with a deadline; `Err` when it failed or took too long.
+async fn timed<T, E>(limit: Duration, send: impl Future<Output = Result<T, E>>) -> Result<T, ()> {
+    match tokio::time::timeout(limit, send).await {
+        Ok(Ok(v)) => Ok(v),
+        _ => Err(()),
+    }
+}
+
+impl Conn {
+    async fn send_text(&mut self, text: String, limit: Duration) -> Result<(), ()> {
+        timed(limit, self.sink.send(Message::Text(text.into()))).await
+    }
+
+    /// Hands a batch of changes to the socket, then flushes; the deadline
+    /// covers the whole batch.
+    async fn send_changes(&mut self, entries: &[Arc<Entry>], limit: Duration) -> Result<(), ()> {
+        let deadline = Instant::now() + limit;
+        for entry in entries {
+            tokio::time::timeout_at(deadline, self.sink.feed(Message::Text(entry.frame.clone())))
+                .await
+                .map_err(|_| ())?
+                .map_err(|_| ())?;
+            self.last_sent = Some(entry.seq.clone());
+        }
+        tokio::time::timeout_at(deadline, self.sink.flush())
+            .await
+            .map_err(|_| ())?
+            .map_err(|_| ())
+    }
+
+    async fn handle_text(&mut self, text: &str) -> Result<(), ()> {
+        let limit = self.state.config.ws_send_timeout;
+        match protocol::parse(text) {
+            Ok(ClientFrame::Push {
+                reference,
+                blobs: Ok(blobs),
+            }) => {
+                let reference = reference.map(|r| r.to_owned());
+                let batcher = self.state.batcher.clone();
+                let bytes = text.len();
+                self.pending_bytes += bytes;
+                self.pending.push(
+                    async move {
+                        let answer = match batcher.submit(blobs).await {
+                            Ok(ids) => protocol::ack(reference.as_deref(), &ids),
+                            Err(e) => ApiError::from(e).ws_frame(reference.as_deref()),
+                        };
+                        (answer, bytes)
+                    }
+                    .boxed(),
+                );
+                Ok(())
+            }
+            Ok(ClientFrame::Push {
+                reference,
+                blobs: Err(e),
+            }) => {
+                self.send_text(ApiError::from(e).ws_frame(reference), limit)
+                    .await
+            }
+            Ok(ClientFrame::Subscribe {
+                reference,
+                start,
+                epoch,
+            }) => {
+                let reference = reference.map(|r| r.to_owned());
+                self.subscribe(reference.as_deref(), start, epoch).await
+            }
+            Ok(ClientFrame::Unsubscribe { reference }) => {
+                self.sub = None;
+                self.guard.info.subscribed.store(false, Ordering::Relaxed);
+                self.send_text(protocol::unsubscribed(reference), limit)
+                    .await
+            }
+            Err((reference, e)) => self.send_text(e.ws_frame(reference), limit).await,
+        }
+    }
+
+    /// Starts (or replaces) this connection's subscription and says so.
+    async fn subscribe(
+        &mut self,
+        reference: Option<&RawValue>,
+        start: Start,
+        epoch: Option<String>,
+    ) -> Result<(), ()> {
+        let limit = self.state.config.ws_send_timeout;
+        let replay = matches!(start, Start::Last(_));
+        match self
+            .state
+            .hub
+            .subscribe(self.state.store.clone(), start, epoch.as_deref())
+            .await
+        {
+            Ok(sub) => {
+                let seq = if replay {
+                    None
+                } else {
+                    sub.resume_seq().cloned()
+                };
+                let frame = protocol::subscribed(reference, sub.epoch(), seq.as_ref());
+                self.last_sent = seq;
+                self.sub = Some(sub);
+                self.guard.info.subscribed.store(true, Ordering::Relaxed);
+                self.send_text(frame, limit).await
+            }
+            Err(e) => {
+                self.send_text(ApiError::from(e).ws_frame(reference), limit)
+                    .await
+            }
+        }
+    }
+
+    /// Says goodbye the way `end` calls for.
+    async fn finish(mut self, end: End) {
+        let close = |code: u16, reason: String| {
+            Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }))
+        };
+        let frame = match end {
+            End::Gone => return,
+            End::Silent => close(1011, "no answer to pings".into()),
+            End::TooBig => close(
+                1009,
+                format!(
+                    "frame larger than {} bytes (MAX_BODY_BYTES)",
+                    self.state.config.max_body_bytes
+                ),
+            ),
+            End::Shutdown => {
+                // Every push read before the signal gets its answer.
+                let drain = async {
+                    while let Some((answer, _)) = self.pending.next().await {
+                        if self.sink.send(Message::Text(answer.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(SHUTDOWN_DRAIN, drain).await;
+                close(1001, "server shutting down".into())
+            }
+            End::TooSlow => {
+                let epoch = self.state.store.epoch().to_string();
+                let seq = self.last_sent.as_ref().map(|s| s.0.clone());
+                let reason = serde_json::json!({ "since": seq, "epoch": epoch }).to_string();
+                // A close reason has room for 123 bytes.
+                let reason = if reason.len() <= 123 {
+                    reason
+                } else {
+                    "too slow: resume from the last seq you received".into()
+                };
+                tracing::info!(peer = %self.guard.info.peer, "closing a subscriber that stopped reading");
+                close(CLOSE_TOO_SLOW, reason)
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.send(frame)).await;
+    }
+}

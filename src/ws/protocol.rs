@@ -1,0 +1,198 @@
+//! The WebSocket protocol: JSON text frames in both directions.
+//!
+//! Client to server:
+//! - `{"type":"push","ref":R,"data":<blob or list>}`, or a bare blob or list
+//!   (a frame without `type`), so a line typed into websocat is a push;
+//! - `{"type":"subscribe","ref":R,"since":SEQ,"epoch":E,"last":N}` (all optional);
+//! - `{"type":"unsubscribe","ref":R}`.
+//!
+//! Server to client: `ack` (`ids` of the stored blobs, once durable),
+//! `error` (`code`, `error`), `subscribed` (`epoch`, `seq`), `change`
+//! (`seq`, `id`, `doc`) and `unsubscribed`. `ref` is echoed verbatim.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::blob::{self, Blob, BlobError};
+use crate::error::ApiError;
+use crate::hub::Start;
+use crate::store::Seq;
+
+/// Most blobs a `last` replay may ask for.
+pub const MAX_REPLAY: u64 = 10_000;
+
+/// A parsed client frame; `'a` borrows from the frame's text.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// Store these blobs and answer with an ack.
+    Push {
+        /// Echoed in the answer.
+        reference: Option<&'a RawValue>,
+        /// The checked blobs, or what is wrong with them.
+        blobs: Result<Vec<Blob>, BlobError>,
+    },
+    /// Follow the change feed.
+    Subscribe {
+        /// Echoed in the answer.
+        reference: Option<&'a RawValue>,
+        /// Where to start.
+        start: Start,
+        /// The epoch `since` belongs to, when given.
+        epoch: Option<String>,
+    },
+    /// Stop following the change feed.
+    Unsubscribe {
+        /// Echoed in the answer.
+        reference: Option<&'a RawValue>,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    since: Option<&'a RawValue>,
+    epoch: Option<String>,
+    last: Option<u64>,
+}
+
+/// Parses one client text frame. An `Err` carries the `ref` when it was readable.
+pub fn parse(text: &str) -> Result<ClientFrame<'_>, (Option<&RawValue>, ApiError)> {
+    match text.trim_start().chars().next() {
+        Some('[') => {
+            return Ok(ClientFrame::Push {
+                reference: None,
+                blobs: blob::parse_submission(text),
+            });
+        }
+        Some('{') => {}
+        _ => {
+            return Err(match serde_json::from_str::<&RawValue>(text) {
+                Err(e) => (None, BlobError::Syntax(e.to_string()).into()),
+                Ok(_) => (
+                    None,
+                    ApiError::BadFrame(
+                        "a frame must be a JSON object (a command or a blob) or a list of blobs"
+                            .into(),
+                    ),
+                ),
+            });
+        }
+    }
+    let envelope: Envelope =
+        serde_json::from_str(text).map_err(|e| (None, BlobError::Syntax(e.to_string()).into()))?;
+    let reference = envelope.reference;
+    match envelope.kind.as_deref() {
+        None => Ok(ClientFrame::Push {
+            reference: None,
+            blobs: blob::parse_submission(text),
+        }),
+        Some("push") => Ok(ClientFrame::Push {
+            reference,
+            blobs: match envelope.data {
+                Some(data) => blob::parse_data_value(data.get()),
+                None => Err(BlobError::MissingData),
+            },
+        }),
+        Some("subscribe") => {
+            let start = match (envelope.since, envelope.last) {
+                (Some(_), Some(_)) => {
+                    return Err((
+                        reference,
+                        ApiError::BadFrame("subscribe takes `since` or `last`, not both".into()),
+                    ));
+                }
+                (Some(since), None) => Start::Since(Seq(
+                    serde_json::from_str(since.get()).expect("RawValue re-parses")
+                )),
+                (None, Some(n)) if n > MAX_REPLAY => {
+                    return Err((
+                        reference,
+                        ApiError::BadFrame(format!("`last` may be at most {MAX_REPLAY}, got {n}")),
+                    ));
+                }
+                (None, Some(n)) => Start::Last(n as usize),
+                (None, None) => Start::Now,
+            };
+            Ok(ClientFrame::Subscribe {
+                reference,
+                start,
+                epoch: envelope.epoch,
+            })
+        }
+        Some("unsubscribe") => Ok(ClientFrame::Unsubscribe { reference }),
+        Some(other) => Err((
+            reference,
+            ApiError::BadFrame(format!(
+                "unknown frame type {other:?}: expected push, subscribe or unsubscribe \
+                 (to push a blob that has a `type` field, wrap it: {{\"type\":\"push\",\"data\":…}})"
+            )),
+        )),
+    }
+}
+
+/// `{"type":"ack","ref":R,"ids":[…]}`.
+pub fn ack(reference: Option<&RawValue>, ids: &[std::sync::Arc<str>]) -> String {
+    let ids: Vec<&str> = ids.iter().map(|id| &**id).collect();
+    serde_json::json!({ "type": "ack", "ref": reference, "ids": ids }).to_string()
+}
+
+/// `{"type":"subscribed","ref":R,"epoch":E,"seq":S}`: `seq` is where the feed
+/// stands before the first change sent (null for an empty store).
+pub fn subscribed(reference: Option<&RawValue>, epoch: &str, seq: Option<&Seq>) -> String {
+    serde_json::json!({
+        "type": "subscribed",
+        "ref": reference,
+        "epoch": epoch,
+        "seq": seq.map(|s| &s.0),
+    })
+    .to_string()
+}
+
+/// `{"type":"unsubscribed","ref":R}`.
+pub fn unsubscribed(reference: Option<&RawValue>) -> String {
+    serde_json::json!({ "type": "unsubscribed", "ref": reference }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_blobs_and_lists_are_pushes() {
+        match parse(r#"{"timestamp":1,"ref":"kept"}"#).unwrap() {
+            ClientFrame::Push { reference, blobs } => {
+                assert!(reference.is_none());
+                assert!(blobs.unwrap()[0].doc.as_str().contains(r#""ref":"kept""#));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse(r#"[{"timestamp":1}]"#).unwrap(),
+            ClientFrame::Push { blobs: Ok(b), .. } if b.len() == 1
+        ));
+    }
+
+    #[test]
+    fn commands_and_their_errors() {
+        match parse(r#"{"type":"subscribe","since":"3-abc","epoch":"e"}"#).unwrap() {
+            ClientFrame::Subscribe { start, epoch, .. } => {
+                assert_eq!(start, Start::Since(Seq(serde_json::json!("3-abc"))));
+                assert_eq!(epoch.as_deref(), Some("e"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let (reference, err) = parse(r#"{"type":"dance","ref":7}"#).unwrap_err();
+        assert_eq!(reference.unwrap().get(), "7");
+        assert!(err.to_string().contains("unknown frame type \"dance\""));
+        let (_, err) = parse("{nope").unwrap_err();
+        assert!(err.to_string().contains("JSON syntax error"));
+        let (_, err) = parse("42").unwrap_err();
+        assert_eq!(err.code(), "bad_frame");
+    }
+}
