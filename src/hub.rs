@@ -247,6 +247,11 @@ impl Subscription {
         self.last_seq.as_ref()
     }
 
+    /// Whether replayed changes are waiting to be delivered.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
     /// The store epoch that seqs of this subscription belong to.
     pub fn epoch(&self) -> &str {
         self.store.epoch()

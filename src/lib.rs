@@ -19,11 +19,13 @@
 //! - [`hub`]: change fan-out, slow-subscriber catch-up from the store.
 //! - [`http`]: the HTTP routes, compatible with the Node.js original.
 //! - [`ws`]: the WebSocket endpoint: push and subscribe on one socket.
+//! - [`client`]: the Rust client: save, range, count, last, follow changes.
 //! - [`error`]: every error a client can see, turned into an answer in one place.
 //! - [`server`]: wires the parts together, serves, shuts down gracefully.
 
 pub mod batcher;
 pub mod blob;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
