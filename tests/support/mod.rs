@@ -1,6 +1,8 @@
 //! Starts a real kpiggybank process on a free loopback port and stops it.
 #![allow(dead_code)]
 
+pub mod lines;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
