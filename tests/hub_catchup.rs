@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use kpiggybank::hub::RING_CAPACITY;
 use serde_json::{Value, json};
