@@ -302,3 +302,49 @@ async fn sigterm_answers_in_flight_writes_ends_streams_and_exits_0() {
 async fn sigint_answers_in_flight_writes_ends_streams_and_exits_0() {
     graceful_stop("INT").await;
 }
+
+/// A subscriber that stopped reading (its socket buffers full) must not hold
+/// the shutdown hostage: the server still exits 0, soon, and the writes it
+/// acknowledged are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_not_held_up_by_a_stalled_stream_reader() {
+    let (mut server, dir) = Server::start(&[("MODE", "prod"), ("MAX_BODY_BYTES", "8388608")]);
+    // Opened and never read again.
+    let stalled = http()
+        .get(server.url("/wsapi/interaction_data/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    // ~24 MiB of changes: far more than the socket buffers between us.
+    let pad = "x".repeat(2000);
+    let mut acked = Acked::new();
+    for r in 0..12 {
+        let blobs: Vec<Value> = (0..1000)
+            .map(|k| json!({"timestamp": r * 1000 + k, "req": format!("r{r}"), "k": k, "of": 1000, "pad": pad}))
+            .collect();
+        let res = http()
+            .post(server.url("/wsapi/interaction_data"))
+            .json(&blobs)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let ack: Value = res.json().await.unwrap();
+        let ids = ack["ids"].as_array().unwrap();
+        acked.insert(
+            format!("r{r}"),
+            ids.iter()
+                .map(|i| i.as_str().unwrap().to_string())
+                .collect(),
+        );
+    }
+    let began = Instant::now();
+    let exit = tokio::task::block_in_place(|| server.signal_and_wait("TERM"));
+    let took = began.elapsed();
+    assert_eq!(exit.code(), Some(0), "{exit}");
+    assert!(took < Duration::from_secs(15), "SIGTERM took {took:?}");
+    drop(stalled);
+    let server = Server::start_in(dir.path(), &[("MODE", "prod")]);
+    check_after_restart(&server, &acked).await;
+}
