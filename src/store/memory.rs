@@ -30,6 +30,54 @@ struct State {
     used: u64,
 }
 
+/// One entry of `State::by_time`: ((timestamp, id), (seq, doc)).
+type Row<'a> = (&'a (i64, Arc<str>), &'a (i64, Doc));
+
+impl State {
+    /// One page of a range read, in the query's order.
+    fn range_page(&self, query: &RangeQuery, after: Option<&RangeCursor>, max: usize) -> Page {
+        let lo = (query.start.unwrap_or(i64::MIN), Arc::<str>::from(""));
+        let hi_ts = query.end.unwrap_or(i64::MAX);
+        let in_range = |k: &(i64, Arc<str>)| k.0 >= lo.0 && k.0 <= hi_ts;
+        let cursor = after.map(|c| (c.timestamp, c.id.clone()));
+        let picked: Vec<Row<'_>> = if query.descending {
+            let upper = match &cursor {
+                Some(c) => Bound::Excluded(c.clone()),
+                None => Bound::Unbounded,
+            };
+            self.by_time
+                .range((Bound::Unbounded, upper))
+                .rev()
+                .skip_while(|(k, _)| k.0 > hi_ts)
+                .take_while(|(k, _)| in_range(k))
+                .take(max)
+                .collect()
+        } else {
+            let lower = match &cursor {
+                Some(c) => Bound::Excluded(c.clone()),
+                None => Bound::Included(lo.clone()),
+            };
+            self.by_time
+                .range((lower, Bound::Unbounded))
+                .skip_while(|(k, _)| k.0 < lo.0)
+                .take_while(|(k, _)| in_range(k))
+                .take(max)
+                .collect()
+        };
+        let next = (picked.len() == max)
+            .then(|| picked.last())
+            .flatten()
+            .map(|((ts, id), _)| RangeCursor {
+                timestamp: *ts,
+                id: id.clone(),
+            });
+        Page {
+            docs: picked.into_iter().map(|(_, (_, d))| d.clone()).collect(),
+            next,
+        }
+    }
+}
+
 impl MemoryStore {
     /// An empty store publishing to `hub`.
     pub fn new(hub: Arc<Hub>) -> MemoryStore {
@@ -85,48 +133,7 @@ impl Store for MemoryStore {
         after: Option<&RangeCursor>,
         max: usize,
     ) -> Result<Page, StoreError> {
-        let state = self.state.lock();
-        let lo = (query.start.unwrap_or(i64::MIN), Arc::<str>::from(""));
-        let hi_ts = query.end.unwrap_or(i64::MAX);
-        let in_range = |k: &(i64, Arc<str>)| k.0 >= lo.0 && k.0 <= hi_ts;
-        let cursor = after.map(|c| (c.timestamp, c.id.clone()));
-        let picked: Vec<(&(i64, Arc<str>), &(i64, Doc))> = if query.descending {
-            let upper = match &cursor {
-                Some(c) => Bound::Excluded(c.clone()),
-                None => Bound::Unbounded,
-            };
-            state
-                .by_time
-                .range((Bound::Unbounded, upper))
-                .rev()
-                .skip_while(|(k, _)| k.0 > hi_ts)
-                .take_while(|(k, _)| in_range(k))
-                .take(max)
-                .collect()
-        } else {
-            let lower = match &cursor {
-                Some(c) => Bound::Excluded(c.clone()),
-                None => Bound::Included(lo.clone()),
-            };
-            state
-                .by_time
-                .range((lower, Bound::Unbounded))
-                .skip_while(|(k, _)| k.0 < lo.0)
-                .take_while(|(k, _)| in_range(k))
-                .take(max)
-                .collect()
-        };
-        let next = (picked.len() == max)
-            .then(|| picked.last())
-            .flatten()
-            .map(|((ts, id), _)| RangeCursor {
-                timestamp: *ts,
-                id: id.clone(),
-            });
-        Ok(Page {
-            docs: picked.into_iter().map(|(_, (_, d))| d.clone()).collect(),
-            next,
-        })
+        Ok(self.state.lock().range_page(query, after, max))
     }
 
     async fn get(&self, id: &str) -> Result<Option<Doc>, StoreError> {
@@ -171,13 +178,12 @@ impl Store for MemoryStore {
     }
 
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
-        let limit = query.limit.unwrap_or(u64::MAX);
-        let page = self
-            .range_page(query, None, limit.min(usize::MAX as u64) as usize)
-            .await?;
+        let max = query.limit.unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
+        // One lock for choosing and removing: two smashes never see the same
+        // blobs, and a limited smash gets the oldest `limit` that are left.
         let mut state = self.state.lock();
+        let page = state.range_page(query, None, max);
         let mut taken = Vec::with_capacity(page.docs.len());
-        // Re-check under the lock: a concurrent smash may have taken some.
         for doc in page.docs {
             let id = doc_id(&doc);
             if let Some((id, ts)) = state.by_id.remove_entry(id.as_str())

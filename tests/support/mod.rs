@@ -1,6 +1,8 @@
 //! Starts a real kpiggybank process on a free loopback port and stops it.
 #![allow(dead_code)]
 
+pub mod lines;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,11 +65,15 @@ impl Server {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_string();
+                    let addr = line
+                        .split("listening on http://")
+                        .nth(1)
+                        .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string());
+                    // Logged before the start is reported, so `logs()` holds the start-up line.
+                    logs.lock().unwrap().push(line);
+                    if let Some(addr) = addr {
                         let _ = tx.send(addr);
                     }
-                    logs.lock().unwrap().push(line);
                 }
             });
         }

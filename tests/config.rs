@@ -1,0 +1,237 @@
+//! Configuration from the environment, as the process sees it: bad values
+//! stop the start with a message naming the variable, the start-up line says
+//! what runs where, `MODE` sets the verbosity, secrets never reach the logs,
+//! and the memory and dummy backends do what they say.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Server, http};
+
+/// Starts a server that must refuse to start; returns what it said.
+fn refused(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    match Server::try_start_in(dir.path(), env) {
+        Ok(server) => panic!(
+            "started with {env:?}, which should be refused:\n{}",
+            server.logs()
+        ),
+        Err(output) => output,
+    }
+}
+
+/// Waits until the logs contain `needle` (the log reader is a thread).
+fn wait_for_log(server: &Server, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = server.logs();
+        if logs.contains(needle) {
+            return logs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in the logs:\n{logs}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the server with SIGTERM and returns everything it logged.
+fn stop_and_logs(server: &mut Server) -> String {
+    let status = server.signal_and_wait("TERM");
+    assert!(status.success(), "{status}");
+    wait_for_log(server, "stopped")
+}
+
+async fn post(server: &Server, data: &str) -> reqwest::Response {
+    http()
+        .post(server.url("/wsapi/interaction_data"))
+        .form(&[("data", data)])
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_json(server: &Server, path: &str) -> Value {
+    let res = http().get(server.url(path)).send().await.unwrap();
+    assert_eq!(res.status(), 200, "GET {path}");
+    res.json().await.unwrap()
+}
+
+#[test]
+fn a_bad_value_stops_the_start_naming_the_variable_and_what_it_accepts() {
+    let cases = [
+        ("PORT", "eighty", "a port number"),
+        ("DB_BACKEND", "mysql", "embedded, couchdb, memory, dummy"),
+        ("MODE", "loud", "dev or prod"),
+        ("MAX_BODY_BYTES", "1", "at least 1024"),
+        ("HOST", "localhost:80", "an IP address"),
+        ("STORAGE_QUOTA_BYTES", "lots", "a number of bytes"),
+        ("DB_NAME", "Bad Name", "a lowercase letter"),
+    ];
+    for (var, value, accepts) in cases {
+        let output = refused(&[(var, value), ("DB_PASS", "pass-in-a-failed-start")]);
+        // `try_start_in` reports "exited with <status>" when the process ended.
+        let status = output.lines().next().unwrap_or("");
+        assert!(
+            status.starts_with("exited with exit status:") && !status.ends_with(": 0"),
+            "{var}={value}: not a non-zero exit: {output}"
+        );
+        assert!(
+            output.contains(&format!("{var}=")) && output.contains(value),
+            "{var}={value}: the message does not name the variable and value:\n{output}"
+        );
+        assert!(
+            output.contains(accepts),
+            "{var}={value}: the message does not say what it accepts ({accepts}):\n{output}"
+        );
+        assert!(!output.contains("panicked"), "{output}");
+        assert!(!output.contains("pass-in-a-failed-start"), "{output}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_line_names_backend_database_and_address() {
+    let (mut server, _dir) = Server::start(&[("MODE", "prod"), ("DB_NAME", "kpi_cfg_42")]);
+    let addr = server.addr.to_string();
+    let logs = server.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("listening on"))
+        .unwrap_or_else(|| panic!("no start-up line:\n{logs}"));
+    assert!(line.contains(&format!("http://{addr}")), "{line}");
+    assert!(line.contains("embedded"), "{line}");
+    assert!(line.contains("kpi_cfg_42"), "{line}");
+    stop_and_logs(&mut server);
+
+    let (server, _dir) = Server::start(&[("MODE", "prod"), ("DB_BACKEND", "memory")]);
+    let logs = server.logs();
+    let line = logs.lines().find(|l| l.contains("listening on")).unwrap();
+    assert!(
+        line.contains("memory") && line.contains("bid_kpi"),
+        "{line}"
+    );
+}
+
+/// Posts, reads and fails a request, so that a verbose server has something to say.
+async fn some_requests(server: &Server) {
+    assert_eq!(post(server, r#"{"timestamp":1}"#).await.status(), 201);
+    assert_eq!(post(server, r#"{"timestamp":"soon"}"#).await.status(), 400);
+    get_json(server, "/wsapi/interaction_data").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mode_dev_logs_requests_and_mode_prod_does_not() {
+    let (mut dev, _dir) = Server::start(&[("MODE", "dev")]);
+    some_requests(&dev).await;
+    let logs = stop_and_logs(&mut dev);
+    assert!(logs.contains("DEBUG"), "MODE=dev logs debug lines:\n{logs}");
+    assert!(logs.contains("stored"), "MODE=dev logs each store:\n{logs}");
+    assert!(logs.contains("answering 400"), "{logs}");
+
+    let (mut prod, _dir) = Server::start(&[("MODE", "prod")]);
+    some_requests(&prod).await;
+    let logs = stop_and_logs(&mut prod);
+    assert!(logs.contains("listening on"), "{logs}");
+    assert!(
+        !logs.contains("DEBUG") && !logs.contains("stored") && !logs.contains("answering 400"),
+        "MODE=prod logs per-request lines:\n{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_the_logs() {
+    const PASS: &str = "db-pass-b7c1e9";
+    const TOKEN: &str = "admin-token-5a0f3d";
+    const WRONG: &str = "wrong-token-91d2aa";
+    // The most verbose logging there is, every crate included.
+    for rust_log in ["", "trace"] {
+        let mut env = vec![("MODE", "dev"), ("DB_PASS", PASS), ("ADMIN_TOKEN", TOKEN)];
+        if !rust_log.is_empty() {
+            env.push(("RUST_LOG", rust_log));
+        }
+        let (mut server, _dir) = Server::start(&env);
+        some_requests(&server).await;
+        let smash = |token: &str| {
+            http()
+                .post(server.url("/wsapi/interaction_data/smash"))
+                .bearer_auth(token)
+                .send()
+        };
+        assert_eq!(smash(WRONG).await.unwrap().status(), 401);
+        assert_eq!(smash(&TOKEN[1..]).await.unwrap().status(), 401);
+        assert_eq!(smash(TOKEN).await.unwrap().status(), 200);
+        let logs = stop_and_logs(&mut server);
+        for secret in [PASS, TOKEN, &TOKEN[1..], WRONG] {
+            assert!(
+                !logs.contains(secret),
+                "RUST_LOG={rust_log:?}: {secret} in the logs:\n{logs}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_backend_warns_and_works_but_keeps_nothing() {
+    let (mut server, dir) = Server::start(&[("DB_BACKEND", "memory"), ("MODE", "prod")]);
+    let logs = server.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("WARN") && l.contains("nothing is saved")),
+        "{logs}"
+    );
+    let res = post(&server, r#"[{"timestamp":7,"a":1},{"timestamp":8,"a":2}]"#).await;
+    assert_eq!(res.status(), 201);
+    let ack: Value = res.json().await.unwrap();
+    let id = ack["ids"][0].as_str().unwrap();
+    assert_eq!(
+        get_json(&server, "/wsapi/interaction_data/count").await,
+        json!(2)
+    );
+    let all = get_json(&server, "/wsapi/interaction_data?start=7&end=8").await;
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    assert_eq!(all[1]["a"], 2);
+    let one = get_json(&server, &format!("/wsapi/interaction_data?id={id}")).await;
+    assert_eq!(one["results"]["a"], 1);
+    stop_and_logs(&mut server);
+    // Nothing was written to DATA_DIR, and a restart starts empty.
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(files.is_empty(), "the memory store wrote {files:?}");
+    let server = Server::start_in(dir.path(), &[("DB_BACKEND", "memory")]);
+    assert_eq!(
+        get_json(&server, "/wsapi/interaction_data/count").await,
+        json!(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dummy_backend_accepts_posts_and_returns_samples() {
+    let (server, _dir) = Server::start(&[("DB_BACKEND", "dummy"), ("MODE", "prod")]);
+    assert!(
+        server.logs().contains("nothing is saved"),
+        "{}",
+        server.logs()
+    );
+    let res = post(&server, support::FIXTURE).await;
+    assert_eq!(res.status(), 201);
+    // Posts are still checked.
+    assert_eq!(post(&server, r#"{"no":"timestamp"}"#).await.status(), 400);
+
+    let samples = get_json(&server, "/wsapi/interaction_data?start=1000&end=2000").await;
+    let samples = samples.as_array().unwrap();
+    assert!(!samples.is_empty());
+    for s in samples {
+        let ts = s["timestamp"].as_i64().unwrap();
+        assert!((1000..=2000).contains(&ts), "{s}");
+        assert!(s["_id"].is_string() && s["event_stream"].is_array(), "{s}");
+    }
+    let ts: Vec<i64> = samples
+        .iter()
+        .map(|s| s["timestamp"].as_i64().unwrap())
+        .collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "oldest first: {ts:?}");
+    let limited = get_json(&server, "/wsapi/interaction_data?limit=3").await;
+    assert_eq!(limited.as_array().unwrap().len(), 3);
+}
