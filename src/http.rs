@@ -318,6 +318,7 @@ async fn stats(State(state): State<AppState>) -> Result<axum::Json<serde_json::V
         "connections": state.registry.connections(),
         "subscribers": state.registry.subscribers(),
         "refused_connections": state.registry.refused(),
+        "closed_too_slow": state.registry.closed_too_slow(),
         "catch_ups": state.hub.catch_ups(),
     })))
 }

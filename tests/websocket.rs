@@ -520,7 +520,9 @@ async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
     assert_eq!(next, total);
     // It really fell behind: out of the hub's ring (caught up from the
     // store) or closed with a resume point.
-    let catch_ups = stats(&server).await["catch_ups"].as_u64().unwrap();
+    let stats = stats(&server).await;
+    let catch_ups = stats["catch_ups"].as_u64().unwrap();
+    assert_eq!(stats["closed_too_slow"].as_u64().unwrap() > 0, closed, "{stats}");
     eprintln!("catch-ups: {catch_ups}, closed: {closed}, p99: {p99:?}, rss grown: {grown}");
     (catch_ups, closed)
 }

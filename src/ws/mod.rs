@@ -426,6 +426,7 @@ impl Conn {
                     "too slow: resume from the last seq you received".into()
                 };
                 tracing::info!(peer = %self.guard.info.peer, "closing a subscriber that stopped reading");
+                self.state.registry.record_too_slow();
                 close(CLOSE_TOO_SLOW, reason)
             }
         };

@@ -142,8 +142,8 @@ pub fn ack(reference: Option<&RawValue>, ids: &[std::sync::Arc<str>]) -> String 
     serde_json::json!({ "type": "ack", "ref": reference, "ids": ids }).to_string()
 }
 
-/// `{"type":"subscribed","ref":R,"epoch":E,"seq":S}`: `seq` is where the feed
-/// stands before the first change sent (null for an empty store).
+/// `{"type":"subscribed","ref":R,"epoch":E,"seq":S}`: `seq` is where to resume
+/// if no change arrives (null for an empty store, or when a replay follows).
 pub fn subscribed(reference: Option<&RawValue>, epoch: &str, seq: Option<&Seq>) -> String {
     serde_json::json!({
         "type": "subscribed",

@@ -26,6 +26,7 @@ pub struct Registry {
     next_id: AtomicU64,
     max: usize,
     refused: AtomicU64,
+    closed_too_slow: AtomicU64,
 }
 
 /// Holds a place in the registry; leaving it frees the place.
@@ -45,6 +46,7 @@ impl Registry {
             next_id: AtomicU64::new(0),
             max,
             refused: AtomicU64::new(0),
+            closed_too_slow: AtomicU64::new(0),
         })
     }
 
@@ -85,6 +87,16 @@ impl Registry {
     /// Connections refused because the registry was full.
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
+    }
+
+    /// Counts a subscriber closed because it took no frames for too long.
+    pub fn record_too_slow(&self) {
+        self.closed_too_slow.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subscribers closed because they took no frames for too long.
+    pub fn closed_too_slow(&self) -> u64 {
+        self.closed_too_slow.load(Ordering::Relaxed)
     }
 
     /// The limit.
