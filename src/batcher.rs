@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::blob::Blob;
 use crate::store::{Store, StoreError};
@@ -58,11 +59,15 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the writer task; it ends once every handle is dropped and the
-    /// queue is drained.
-    pub fn start(store: Arc<dyn Store>, quota_bytes: u64) -> (Batcher, JoinHandle<()>) {
+    /// Starts the writer task. Once `stop` is cancelled (or every handle is
+    /// dropped) it writes what is queued, refuses the rest, and ends.
+    pub fn start(
+        store: Arc<dyn Store>,
+        quota_bytes: u64,
+        stop: CancellationToken,
+    ) -> (Batcher, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(write_loop(store, quota_bytes, rx));
+        let task = tokio::spawn(write_loop(store, quota_bytes, rx, stop));
         (Batcher { jobs }, task)
     }
 
@@ -84,8 +89,28 @@ impl Batcher {
     }
 }
 
-async fn write_loop(store: Arc<dyn Store>, quota: u64, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
+async fn write_loop(
+    store: Arc<dyn Store>,
+    quota: u64,
+    mut rx: mpsc::Receiver<Job>,
+    stop: CancellationToken,
+) {
+    let mut stopping = false;
+    loop {
+        let next = if stopping {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                job = rx.recv() => job,
+                _ = stop.cancelled() => {
+                    // Queued jobs are still written; later submits fail.
+                    rx.close();
+                    stopping = true;
+                    continue;
+                }
+            }
+        };
+        let Some(first) = next else { break };
         let mut jobs = vec![first];
         let mut count = jobs[0].blobs.len();
         while count < MAX_BATCH_BLOBS {

@@ -20,6 +20,10 @@ use crate::ws::registry::Registry;
 /// How long shutdown waits for the writer to drain after the last request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long shutdown waits for HTTP responses and WebSockets to finish; a
+/// client that stopped reading its stream must not hold the process forever.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -94,7 +98,12 @@ pub async fn run(
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
 
-    let (batcher, writer) = Batcher::start(store.clone(), config.storage_quota_bytes);
+    let writer_stop = CancellationToken::new();
+    let (batcher, writer) = Batcher::start(
+        store.clone(),
+        config.storage_quota_bytes,
+        writer_stop.clone(),
+    );
     let shutdown = CancellationToken::new();
     tracing::info!(
         "kpiggybank listening on http://{addr} (backend {}, database {}, {})",
@@ -112,26 +121,40 @@ pub async fn run(
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     };
-    let token = shutdown.clone();
     let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            stop.await;
-            tracing::info!("stopping: finishing in-flight requests");
-            token.cancel();
-        })
-        .await
-        .map_err(|source| StartError::Bind { addr, source })?;
-    // WebSocket tasks outlive the HTTP server: they answer their pending
-    // pushes and close with 1001.
-    tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+    let mut http = tokio::spawn(
+        axum::serve(listener, service)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    tokio::select! {
+        _ = stop => {}
+        // Serving only ends early on a fatal error.
+        ended = &mut http => {
+            tracing::error!("the HTTP server stopped on its own: {ended:?}");
+        }
+    }
+    tracing::info!("stopping: finishing in-flight requests");
+    shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut http)
         .await
         .is_err()
     {
-        tracing::warn!("WebSocket connections did not close within {DRAIN_TIMEOUT:?}");
+        tracing::warn!(
+            "some HTTP responses did not finish within {SHUTDOWN_GRACE:?} (a client not reading?); leaving them"
+        );
     }
-    // Every handler is done and its state dropped: the writer drains and ends.
+    // WebSocket tasks outlive the HTTP server: they answer their pending
+    // pushes and close with 1001.
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("WebSocket connections did not close within {SHUTDOWN_GRACE:?}");
+    }
+    // Write what was queued, then end.
+    writer_stop.cancel();
     if tokio::time::timeout(DRAIN_TIMEOUT, writer).await.is_err() {
         tracing::warn!("the writer did not drain within {DRAIN_TIMEOUT:?}");
     }

@@ -522,7 +522,11 @@ async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
     // store) or closed with a resume point.
     let stats = stats(&server).await;
     let catch_ups = stats["catch_ups"].as_u64().unwrap();
-    assert_eq!(stats["closed_too_slow"].as_u64().unwrap() > 0, closed, "{stats}");
+    assert_eq!(
+        stats["closed_too_slow"].as_u64().unwrap() > 0,
+        closed,
+        "{stats}"
+    );
     eprintln!("catch-ups: {catch_ups}, closed: {closed}, p99: {p99:?}, rss grown: {grown}");
     (catch_ups, closed)
 }

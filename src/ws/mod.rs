@@ -28,6 +28,7 @@ use futures::stream::{FuturesUnordered, SplitSink};
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Origins;
 use crate::error::ApiError;
@@ -51,7 +52,7 @@ const READ_BUFFER: usize = 4 * 1024;
 const WRITE_BUFFER: usize = 16 * 1024;
 
 /// How long shutdown waits for a connection's pending acks.
-const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
 /// How long a close frame may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -248,11 +249,17 @@ async fn serve(
                 if last_heard.elapsed() > ping_every * 2 {
                     break End::Silent;
                 }
-                if timed(send_timeout, conn.sink.send(Message::Ping(Default::default()))).await.is_err() {
+                let ping = conn.sink.send(Message::Ping(Default::default()));
+                if timed(&shutdown, send_timeout, ping).await.is_err() {
                     break End::TooSlow;
                 }
             }
         }
+    };
+    // A send cut short by shutdown is a shutdown, not a slow reader.
+    let end = match end {
+        End::TooSlow if shutdown.is_cancelled() => End::Shutdown,
+        other => other,
     };
     conn.finish(end).await;
 }
@@ -273,34 +280,45 @@ fn is_too_big(e: axum::Error) -> bool {
     )
 }
 
-/// Runs a send with a deadline; `Err` when it failed or took too long.
-async fn timed<T, E>(limit: Duration, send: impl Future<Output = Result<T, E>>) -> Result<T, ()> {
-    match tokio::time::timeout(limit, send).await {
-        Ok(Ok(v)) => Ok(v),
-        _ => Err(()),
+/// Runs a send with a deadline; `Err` when it failed, took too long, or the
+/// server started stopping (a blocked send must not hold up shutdown).
+async fn timed<T, E>(
+    shutdown: &CancellationToken,
+    limit: Duration,
+    send: impl Future<Output = Result<T, E>>,
+) -> Result<T, ()> {
+    tokio::select! {
+        sent = tokio::time::timeout(limit, send) => match sent {
+            Ok(Ok(v)) => Ok(v),
+            _ => Err(()),
+        },
+        _ = shutdown.cancelled() => Err(()),
     }
 }
 
 impl Conn {
     async fn send_text(&mut self, text: String, limit: Duration) -> Result<(), ()> {
-        timed(limit, self.sink.send(Message::Text(text.into()))).await
+        timed(
+            &self.state.shutdown,
+            limit,
+            self.sink.send(Message::Text(text.into())),
+        )
+        .await
     }
 
     /// Hands a batch of changes to the socket, then flushes; the deadline
     /// covers the whole batch.
     async fn send_changes(&mut self, entries: &[Arc<Entry>], limit: Duration) -> Result<(), ()> {
+        let shutdown = self.state.shutdown.clone();
         let deadline = Instant::now() + limit;
         for entry in entries {
-            tokio::time::timeout_at(deadline, self.sink.feed(Message::Text(entry.frame.clone())))
-                .await
-                .map_err(|_| ())?
-                .map_err(|_| ())?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = Message::Text(entry.frame.clone());
+            timed(&shutdown, left, self.sink.feed(frame)).await?;
             self.last_sent = Some(entry.seq.clone());
         }
-        tokio::time::timeout_at(deadline, self.sink.flush())
-            .await
-            .map_err(|_| ())?
-            .map_err(|_| ())
+        let left = deadline.saturating_duration_since(Instant::now());
+        timed(&shutdown, left, self.sink.flush()).await
     }
 
     async fn handle_text(&mut self, text: &str) -> Result<(), ()> {
