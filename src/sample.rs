@@ -18,7 +18,11 @@ pub fn login_sequence(timestamp: i64, n: u64) -> String {
     let (browser, os, version) = AGENTS[(n % AGENTS.len() as u64) as usize];
     let language = LANGUAGES[(n / 5 % LANGUAGES.len() as u64) as usize];
     let complete = 4500 + (n * 7919 % 300);
-    let email_type = if n.is_multiple_of(3) { "primary" } else { "secondary" };
+    let email_type = if n.is_multiple_of(3) {
+        "primary"
+    } else {
+        "secondary"
+    };
     let new_account = n.is_multiple_of(4);
     format!(
         concat!(
