@@ -1,6 +1,8 @@
 //! Starts a real kpiggybank process on a free loopback port and stops it.
 #![allow(dead_code)]
 
+pub mod couch;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -177,8 +179,15 @@ pub const FIXTURE: &str = include_str!("../fixtures/login-sequence.json");
 
 /// A reqwest client for tests.
 pub fn http() -> reqwest::Client {
+    install_crypto();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
+}
+
+/// reqwest is built with rustls but no default crypto provider (see
+/// Cargo.toml): install ring before building any client in a test.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
