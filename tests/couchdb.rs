@@ -504,3 +504,33 @@ async fn couchdb_killed_and_restarted_under_load_loses_and_repeats_nothing() {
         "every acknowledged blob is in CouchDB, once"
     );
 }
+
+#[tokio::test]
+async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_its_start() {
+    let pouch = Pouch::start(true);
+    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    let watch = Watch::start(&server, None).await;
+    let first = post(&server, &json!({"timestamp": 1})).await;
+    watch.wait_for(&first, Duration::from_secs(15)).await;
+    let epoch_before = pouch.call("GET", "/bid_kpi/_local/kpiggybank", "").1;
+
+    assert_eq!(pouch.call("DELETE", "/bid_kpi", "").0, 200);
+    // Blobs posted now are spooled until the database is back.
+    let mut later = post(&server, &json!({"timestamp": 2})).await;
+    later.extend(post(&server, &json!({"timestamp": 3})).await);
+    watch.wait_for(&later, Duration::from_secs(30)).await;
+    watch.assert_once();
+    assert_ne!(
+        pouch.call("GET", "/bid_kpi/_local/kpiggybank", "").1,
+        epoch_before
+    );
+    assert_eq!(
+        get_json(&server, "/wsapi/interaction_data/count").await,
+        json!(2)
+    );
+    assert!(
+        server.logs().contains("was re-created"),
+        "{}",
+        server.logs()
+    );
+}

@@ -61,11 +61,21 @@ pub struct Shared {
     epoch: RwLock<&'static str>,
     /// Bytes CouchDB holds, for the quota: read at start, counted up on writes.
     used: AtomicU64,
+    /// Told when a write found the database missing: pouchdb-server keeps a
+    /// deleted database's feed open, so the relay would never notice alone.
+    db_missing: Notify,
 }
 
 impl Shared {
     fn epoch(&self) -> &'static str {
         *self.epoch.read()
+    }
+
+    /// Wakes the relay when `e` says the database is gone.
+    fn note(&self, e: &CouchError) {
+        if matches!(e, CouchError::Status { status, .. } if status.as_u16() == 404) {
+            self.db_missing.notify_one();
+        }
     }
 
     fn set_epoch(&self, epoch: String) {
@@ -119,6 +129,7 @@ impl CouchStore {
             couch,
             epoch: RwLock::new(Box::leak(epoch.into_boxed_str())),
             used: AtomicU64::new(used),
+            db_missing: Notify::new(),
         });
         hub.set_start_seq(start.clone());
         let order = Arc::new(tokio::sync::Mutex::new(()));
@@ -174,6 +185,7 @@ impl CouchStore {
                     }
                 }
                 Err(e) if e.is_transient() => {
+                    self.shared.note(&e);
                     if !self.spooling.load(Ordering::Relaxed) {
                         tracing::warn!("{e}");
                     }
@@ -217,7 +229,10 @@ async fn forward(
                 .iter()
                 .map(|e| (e.id.clone(), e.doc.clone()))
                 .collect();
-            let answers = shared.couch.bulk_docs(&pairs).await.map_err(unavailable)?;
+            let answers = shared.couch.bulk_docs(&pairs).await.map_err(|e| {
+                shared.note(&e);
+                unavailable(e)
+            })?;
             let (mut stored, mut rejected, mut retry) = (Vec::new(), Vec::new(), 0);
             for (entry, answer) in entries.into_iter().zip(answers) {
                 match answer.outcome() {

@@ -116,6 +116,8 @@ enum FeedEnd {
     Couch(#[from] CouchError),
     #[error("no line or heartbeat for {0:?}")]
     Silent(Duration),
+    #[error("a write found the database missing")]
+    Missing,
     #[error("the feed closed")]
     Closed,
     #[error("the feed was cut: {0}")]
@@ -181,10 +183,12 @@ async fn follow(
     )
     .ready_chunks(LINES_PER_PUBLISH);
     loop {
-        let chunk = tokio::time::timeout(IDLE_TIMEOUT, lines.next())
-            .await
-            .map_err(|_| FeedEnd::Silent(IDLE_TIMEOUT))?
-            .ok_or(FeedEnd::Closed)?;
+        let chunk = tokio::select! {
+            chunk = tokio::time::timeout(IDLE_TIMEOUT, lines.next()) => chunk
+                .map_err(|_| FeedEnd::Silent(IDLE_TIMEOUT))?
+                .ok_or(FeedEnd::Closed)?,
+            _ = shared.db_missing.notified() => return Err(FeedEnd::Missing),
+        };
         let mut changes = Vec::new();
         let mut outcome = Ok(false);
         let mut last = None;
