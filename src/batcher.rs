@@ -141,18 +141,31 @@ async fn write_loop(
             continue;
         }
 
+        let sizes: Vec<usize> = accepted.iter().map(|job| job.blobs.len()).collect();
         let blobs: Vec<Blob> = accepted
             .iter_mut()
             .flat_map(|job| std::mem::take(&mut job.blobs))
             .collect();
         let n = blobs.len();
-        let result = store.write(blobs).await.map_err(WriteError::from);
-        match &result {
-            Ok(()) => tracing::trace!(blobs = n, requests = accepted.len(), "batch committed"),
-            Err(e) => tracing::warn!(blobs = n, "batch failed: {e}"),
+        // Per blob: a store that answers per document (CouchDB) may store some
+        // blobs of a batch and refuse others; each request hears about its own.
+        let mut results = store.write_each(blobs).await.into_iter();
+        let mut failed = 0;
+        for (job, size) in accepted.into_iter().zip(sizes) {
+            // Collect first: `find` would stop early and leave this job's
+            // remaining results to the next job.
+            let mine: Vec<Result<(), StoreError>> = results.by_ref().take(size).collect();
+            let result = mine
+                .into_iter()
+                .find(Result::is_err)
+                .unwrap_or(Ok(()))
+                .map_err(WriteError::from);
+            if let Err(e) = &result {
+                failed += 1;
+                tracing::warn!(blobs = size, "write failed: {e}");
+            }
+            let _ = job.reply.send(result);
         }
-        for job in accepted {
-            let _ = job.reply.send(result.clone());
-        }
+        tracing::trace!(blobs = n, failed, "batch written");
     }
 }

@@ -103,7 +103,9 @@ impl Client {
     pub fn from_url(base: &str) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            http: crate::net::http_client_builder()
+                .build()
+                .expect("a reqwest client builds"),
         }
     }
 

@@ -105,7 +105,7 @@ pub struct Config {
     pub port: u16,
     /// `MODE`: `dev` (default) or `prod`.
     pub mode: Mode,
-    /// `DATA_DIR`: where the embedded store keeps its file (default `./data`).
+    /// `DATA_DIR`: where the embedded store (or the CouchDB spool) keeps its file (default `./data`).
     pub data_dir: PathBuf,
     /// `MAX_BODY_BYTES`: largest request body or WebSocket frame accepted.
     pub max_body_bytes: usize,

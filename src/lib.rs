@@ -20,6 +20,7 @@
 //! - [`http`]: the HTTP routes, compatible with the Node.js original.
 //! - [`ws`]: the WebSocket endpoint: push and subscribe on one socket.
 //! - [`client`]: the Rust client: save, range, count, last, follow changes.
+//! - [`net`]: builds the HTTP clients (CouchDB, the Rust client).
 //! - [`error`]: every error a client can see, turned into an answer in one place.
 //! - [`server`]: wires the parts together, serves, shuts down gracefully.
 
@@ -30,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod net;
 pub mod sample;
 pub mod server;
 pub mod store;

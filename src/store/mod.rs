@@ -6,6 +6,7 @@
 //! feed comes from their own writes (embedded, memory, dummy) publish to the
 //! [`Hub`] right after a write is durable; the CouchDB store relays `_changes`.
 
+pub mod couchdb;
 pub mod dummy;
 pub mod embedded;
 pub mod memory;
@@ -134,6 +135,17 @@ pub trait Store: Send + Sync + 'static {
     /// Stores blobs durably, all or none, then publishes their changes.
     async fn write(&self, blobs: Vec<Blob>) -> Result<(), StoreError>;
 
+    /// Stores blobs and tells, blob by blob, which were stored; the batcher
+    /// answers each producer from this. Stores that write all or nothing keep
+    /// the default (one [`Store::write`]); CouchDB answers per document.
+    async fn write_each(&self, blobs: Vec<Blob>) -> Vec<Result<(), StoreError>> {
+        let n = blobs.len();
+        match self.write(blobs).await {
+            Ok(()) => vec![Ok(()); n],
+            Err(e) => vec![Err(e); n],
+        }
+    }
+
     /// One page of a range read, after `after` (exclusive), at most `max` blobs.
     async fn range_page(
         &self,
@@ -182,11 +194,7 @@ pub async fn open(config: &Config, hub: Arc<Hub>) -> Result<Arc<dyn Store>, Stor
         Backend::Embedded => Arc::new(embedded::EmbeddedStore::open(config, hub).await?),
         Backend::Memory => Arc::new(memory::MemoryStore::new(hub)),
         Backend::Dummy => Arc::new(dummy::DummyStore::new(hub)),
-        Backend::CouchDb => {
-            return Err(StoreError::Unavailable(
-                "DB_BACKEND=couchdb is not available in this build yet".into(),
-            ));
-        }
+        Backend::CouchDb => Arc::new(couchdb::CouchStore::open(config, hub).await?),
     })
 }
 

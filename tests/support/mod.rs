@@ -1,6 +1,7 @@
 //! Starts a real kpiggybank process on a free loopback port and stops it.
 #![allow(dead_code)]
 
+pub mod couch;
 pub mod lines;
 
 use std::io::{BufRead, BufReader};
@@ -195,8 +196,15 @@ pub const FIXTURE: &str = include_str!("../fixtures/login-sequence.json");
 
 /// A reqwest client for tests.
 pub fn http() -> reqwest::Client {
+    install_crypto();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
+}
+
+/// reqwest is built with rustls but no default crypto provider (see
+/// Cargo.toml): install ring before building any client in a test.
+pub fn install_crypto() {
+    kpiggybank::net::install_crypto_provider();
 }

@@ -1,0 +1,192 @@
+//! The durable local spool: blobs acknowledged while CouchDB was away, kept
+//! in a SQLite file (WAL, `synchronous=FULL`) until CouchDB confirms them.
+//!
+//! Only the forwarder removes entries, and only after `_bulk_docs` said each
+//! one is stored (or was already: the ids are kpiggybank's own, so a retry
+//! after a timeout meets a conflict instead of storing a second copy).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, params};
+
+use crate::blob::Blob;
+use crate::store::StoreError;
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS spool (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- forwarding order = acknowledgement order
+        id TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    -- Blobs CouchDB refused for good while forwarding (a validation function,
+    -- a size limit): they were acknowledged, so they are kept, not dropped.
+    CREATE TABLE IF NOT EXISTS rejected (
+        id TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        reason TEXT NOT NULL
+    );
+";
+
+/// One spooled blob.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Position in the spool.
+    pub seq: i64,
+    /// The blob id.
+    pub id: String,
+    /// The blob's JSON text, `_id` included.
+    pub doc: String,
+}
+
+/// The spool file.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+    /// Entries waiting; read on every write, so kept in memory.
+    len: AtomicU64,
+}
+
+fn sql(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("the CouchDB spool (SQLite): {e}"))
+}
+
+impl Spool {
+    /// Opens (or creates) the spool file at `path`.
+    pub async fn open(path: &Path) -> Result<Spool, StoreError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Unavailable(format!(
+                        "cannot create DATA_DIR {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+            }
+            let conn = Connection::open(&path).map_err(sql)?;
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))
+                .map_err(sql)?;
+            conn.pragma_update(None, "synchronous", "FULL")
+                .map_err(sql)?;
+            conn.execute_batch(SCHEMA).map_err(sql)?;
+            let len: i64 = conn
+                .query_row("SELECT count(*) FROM spool", [], |r| r.get(0))
+                .map_err(sql)?;
+            Ok(Spool {
+                inner: Arc::new(Inner {
+                    path,
+                    conn: Mutex::new(conn),
+                    len: AtomicU64::new(len as u64),
+                }),
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("spool task failed: {e}")))?
+    }
+
+    /// The file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Blobs waiting to be forwarded.
+    pub fn len(&self) -> u64 {
+        self.inner.len.load(Ordering::Acquire)
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.conn.lock(), &inner))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("spool task failed: {e}")))?
+    }
+
+    /// Appends blobs durably (one transaction, one fsync).
+    pub async fn append(&self, blobs: Vec<Blob>) -> Result<(), StoreError> {
+        self.with(move |conn, inner| {
+            let tx = conn.transaction().map_err(sql)?;
+            {
+                let mut insert = tx
+                    .prepare_cached("INSERT INTO spool (id, doc) VALUES (?1, ?2)")
+                    .map_err(sql)?;
+                for blob in &blobs {
+                    insert
+                        .execute(params![&*blob.id, blob.doc.as_str()])
+                        .map_err(sql)?;
+                }
+            }
+            tx.commit().map_err(sql)?;
+            inner.len.fetch_add(blobs.len() as u64, Ordering::AcqRel);
+            Ok(())
+        })
+        .await
+    }
+
+    /// The oldest `n` entries, in order.
+    pub async fn oldest(&self, n: usize) -> Result<Vec<Entry>, StoreError> {
+        self.with(move |conn, _| {
+            conn.prepare_cached("SELECT seq, id, doc FROM spool ORDER BY seq LIMIT ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_map([n as i64], |r| {
+                        Ok(Entry {
+                            seq: r.get(0)?,
+                            id: r.get(1)?,
+                            doc: r.get(2)?,
+                        })
+                    })?
+                    .collect()
+                })
+                .map_err(sql)
+        })
+        .await
+    }
+
+    /// Removes forwarded entries; `rejected` ones are moved aside with their reason.
+    pub async fn remove(
+        &self,
+        stored: Vec<i64>,
+        rejected: Vec<(Entry, String)>,
+    ) -> Result<(), StoreError> {
+        self.with(move |conn, inner| {
+            let tx = conn.transaction().map_err(sql)?;
+            {
+                let mut delete = tx
+                    .prepare_cached("DELETE FROM spool WHERE seq = ?1")
+                    .map_err(sql)?;
+                let mut keep = tx
+                    .prepare_cached("INSERT INTO rejected (id, doc, reason) VALUES (?1, ?2, ?3)")
+                    .map_err(sql)?;
+                for seq in &stored {
+                    delete.execute([seq]).map_err(sql)?;
+                }
+                for (entry, reason) in &rejected {
+                    keep.execute(params![entry.id, entry.doc, reason])
+                        .map_err(sql)?;
+                    delete.execute([entry.seq]).map_err(sql)?;
+                }
+            }
+            tx.commit().map_err(sql)?;
+            inner
+                .len
+                .fetch_sub((stored.len() + rejected.len()) as u64, Ordering::AcqRel);
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,536 @@
+//! `DB_BACKEND=couchdb` against a real CouchDB (pouchdb-server, started per
+//! test), plus a rewriting proxy for CouchDB 3's dialect. No test here skips:
+//! without `KPIGGYBANK_POUCHDB_SERVER` they fail (run them through ./scripts/test).
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use support::couch::{CouchDb3Proxy, PASS, Pouch, env_refs};
+use support::{Server, http};
+
+/// Starts a kpiggybank node on `pouch`'s database `db`, with its own spool dir.
+fn node(env: &[(String, String)], extra: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vars = env_refs(env);
+    vars.extend_from_slice(extra);
+    (Server::start_in(dir.path(), &vars), dir)
+}
+
+async fn get_json(server: &Server, path: &str) -> Value {
+    let res = http().get(server.url(path)).send().await.unwrap();
+    assert_eq!(res.status(), 200, "GET {path}");
+    res.json().await.unwrap()
+}
+
+/// Posts a JSON list of blobs; the ids.
+async fn post(server: &Server, blobs: &Value) -> Vec<String> {
+    let res = http()
+        .post(server.url("/wsapi/interaction_data"))
+        .json(blobs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let ack: Value = res.json().await.unwrap();
+    ack["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Collects the changes of `/stream` (from `since`, if given) in the background.
+struct Watch {
+    changes: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    async fn start(server: &Server, since: Option<&str>) -> Watch {
+        let url = match since {
+            Some(s) => server.url(&format!(
+                "/wsapi/interaction_data/stream?heartbeat=200&since={s}"
+            )),
+            None => server.url("/wsapi/interaction_data/stream?heartbeat=200"),
+        };
+        support::install_crypto();
+        let res = reqwest::Client::new().get(url).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let sink = changes.clone();
+        let task = tokio::spawn(async move {
+            let mut body = res.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.extend_from_slice(&chunk);
+                while let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                    let line: Vec<u8> = buf.drain(..end + 2).collect();
+                    if line.len() > 2 {
+                        sink.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&line[..end]).unwrap());
+                    }
+                }
+            }
+        });
+        Watch { changes, task }
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.changes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Waits until every id in `want` was seen; fails after `timeout`.
+    async fn wait_for(&self, want: &[String], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen: HashSet<String> = self.ids().into_iter().collect();
+            let missing = want.iter().filter(|id| !seen.contains(*id)).count();
+            if missing == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} of {} blobs never reached the stream",
+                want.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts no id arrived twice.
+    fn assert_once(&self) {
+        let ids = self.ids();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for id in &ids {
+            *counts.entry(id).or_default() += 1;
+        }
+        let twice: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "relayed more than once: {twice:?}");
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Sets up database `db` the way the Node.js original did, holding `n` blobs
+/// with CouchDB-generated ids.
+fn original_database(pouch: &Pouch, db: &str, n: u64) -> Vec<String> {
+    assert_eq!(pouch.call("PUT", &format!("/{db}"), "").0, 201);
+    let design = json!({
+        "_id": "_design/data",
+        "language": "javascript",
+        "views": {
+            "all": {"map": "function(doc) {\n  emit(doc.timestamp, doc);\n}"},
+            "count": {
+                "map": "function(doc) {\n  emit(doc._id, 1);\n}",
+                "reduce": "function(keys, values, rereduce) {\n  return sum(values);\n}"
+            }
+        }
+    });
+    assert_eq!(
+        pouch
+            .call("PUT", &format!("/{db}/_design/data"), &design.to_string())
+            .0,
+        201
+    );
+    (0..n)
+        .map(|i| {
+            let blob = support::login_blob(1_333_046_100_000 + i as i64 * 1000, i);
+            let (status, body) = pouch.call("POST", &format!("/{db}"), &blob.to_string());
+            assert_eq!(status, 201, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_database_of_the_original_works_unchanged() {
+    let pouch = Pouch::start(true);
+    let old_ids = original_database(&pouch, "bid_kpi", 5);
+    let (_, design_before) = pouch.call("GET", "/bid_kpi/_design/data", "");
+
+    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    assert_eq!(
+        get_json(&server, "/wsapi/interaction_data/count").await,
+        json!(5)
+    );
+    let all = get_json(&server, "/wsapi/interaction_data").await;
+    let got: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        old_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+        "oldest first"
+    );
+    // Handed out as stored, `_id` first, no `_rev`.
+    let one = http()
+        .get(server.url(&format!("/wsapi/interaction_data?id={}", old_ids[2])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        one.starts_with(&format!("{{\"results\":{{\"_id\":\"{}\",", old_ids[2])),
+        "{one}"
+    );
+    assert!(one.contains("\"timestamp\":1333046102000"), "{one}");
+    assert!(!one.contains("_rev"), "{one}");
+    let last = get_json(&server, "/wsapi/interaction_data/last").await;
+    assert_eq!(last["_id"], json!(old_ids[4]));
+    let range = get_json(
+        &server,
+        "/wsapi/interaction_data?start=1333046101000&end=1333046103000",
+    )
+    .await;
+    assert_eq!(range.as_array().unwrap().len(), 3);
+
+    let new_ids = post(
+        &server,
+        &json!([{"timestamp": 1_333_046_200_000i64, "k": 1}, {"timestamp": 1}]),
+    )
+    .await;
+    assert_eq!(
+        get_json(&server, "/wsapi/interaction_data/count").await,
+        json!(7)
+    );
+    let all = get_json(&server, "/wsapi/interaction_data").await;
+    assert_eq!(all[0]["_id"], json!(new_ids[1]));
+    assert_eq!(all[6]["_id"], json!(new_ids[0]));
+    let missing = http()
+        .get(server.url("/wsapi/interaction_data?id=_design/data"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404, "design documents are not blobs");
+    assert_eq!(
+        pouch.call("GET", "/bid_kpi/_design/data", "").1,
+        design_before,
+        "design document untouched"
+    );
+    assert!(!server.logs().contains(PASS));
+}
+
+#[tokio::test]
+async fn start_creates_the_database_and_fails_clearly_without_leaking_the_password() {
+    let pouch = Pouch::start(true);
+    {
+        let (server, _dir) = node(&pouch.env("fresh_db"), &[]);
+        assert_eq!(
+            get_json(&server, "/wsapi/interaction_data/count").await,
+            json!(0)
+        );
+        assert_eq!(pouch.call("GET", "/fresh_db/_design/data", "").0, 200);
+        assert_eq!(pouch.call("GET", "/fresh_db/_local/kpiggybank", "").0, 200);
+        // A second node on the same database finds it (412/409 mean "exists").
+        let (second, _dir2) = node(&pouch.env("fresh_db"), &[]);
+        assert_eq!(
+            get_json(&second, "/wsapi/interaction_data/count").await,
+            json!(0)
+        );
+    }
+
+    let wrong = "wrong-Pa55word-9f3";
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = pouch.env("other_db");
+    env.retain(|(k, _)| k != "DB_PASS");
+    env.push(("DB_PASS".into(), wrong.into()));
+    let logs = Server::try_start_in(dir.path(), &env_refs(&env))
+        .err()
+        .expect("a wrong password stops the start");
+    assert!(
+        logs.contains("refused the credentials") && logs.contains("DB_PASS"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(wrong) && !logs.contains(PASS),
+        "the password leaked: {logs}"
+    );
+    assert_eq!(
+        pouch.call("GET", "/other_db", "").0,
+        404,
+        "nothing created with wrong credentials"
+    );
+
+    let mut env = pouch.env("x");
+    env.retain(|(k, _)| k != "DB_PORT");
+    env.push(("DB_PORT".into(), support::couch::free_port().to_string()));
+    let logs = Server::try_start_in(dir.path(), &env_refs(&env))
+        .err()
+        .expect("no CouchDB stops the start");
+    assert!(
+        logs.contains("cannot reach CouchDB at http://127.0.0.1:"),
+        "{logs}"
+    );
+    assert!(!logs.contains(PASS), "{logs}");
+}
+
+#[tokio::test]
+async fn ranges_page_through_ties_and_two_smashes_never_share_a_blob() {
+    let pouch = Pouch::start(true);
+    let env = pouch.env("bid_kpi");
+    let (a, _da) = node(&env, &[("ADMIN_TOKEN", "tok")]);
+    let (b, _db) = node(&env, &[("ADMIN_TOKEN", "tok")]);
+    // 2,400 blobs, four per timestamp: pages (1,000 rows) end inside runs of ties.
+    let mut posted = Vec::new();
+    for chunk in 0..12 {
+        let blobs: Vec<Value> = (0..200)
+            .map(|i| json!({"timestamp": (chunk * 200 + i) / 4, "n": chunk * 200 + i}))
+            .collect();
+        posted.extend(post(if chunk % 2 == 0 { &a } else { &b }, &Value::Array(blobs)).await);
+    }
+    let all = get_json(&a, "/wsapi/interaction_data").await;
+    let all = all.as_array().unwrap();
+    assert_eq!(all.len(), 2400);
+    let ids: HashSet<&str> = all.iter().map(|d| d["_id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2400, "no blob twice across pages");
+    assert!(
+        all.windows(2)
+            .all(|w| w[0]["timestamp"].as_i64() <= w[1]["timestamp"].as_i64())
+    );
+    let desc = get_json(
+        &b,
+        "/wsapi/interaction_data?descending=true&limit=1500&end=500",
+    )
+    .await;
+    let desc = desc.as_array().unwrap();
+    assert_eq!(desc.len(), 1500);
+    assert_eq!(desc[0]["timestamp"], json!(500));
+    assert!(
+        desc.windows(2)
+            .all(|w| w[0]["timestamp"].as_i64() >= w[1]["timestamp"].as_i64())
+    );
+    assert_eq!(
+        desc.iter()
+            .map(|d| d["_id"].as_str().unwrap())
+            .collect::<HashSet<_>>()
+            .len(),
+        1500
+    );
+
+    let smash = |server: &Server| {
+        http()
+            .post(server.url("/wsapi/interaction_data/smash?start=100&end=449"))
+            .bearer_auth("tok")
+            .send()
+    };
+    let (ra, rb) = tokio::join!(smash(&a), smash(&b));
+    let ga: Vec<Value> = ra.unwrap().json().await.unwrap();
+    let gb: Vec<Value> = rb.unwrap().json().await.unwrap();
+    let sa: HashSet<&str> = ga.iter().map(|d| d["_id"].as_str().unwrap()).collect();
+    let sb: HashSet<&str> = gb.iter().map(|d| d["_id"].as_str().unwrap()).collect();
+    assert!(
+        sa.is_disjoint(&sb),
+        "both smashes returned {:?}",
+        sa.intersection(&sb).take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        sa.len() + sb.len(),
+        1400,
+        "every blob in range went to exactly one smash"
+    );
+    assert_eq!(
+        get_json(&a, "/wsapi/interaction_data/count").await,
+        json!(1000)
+    );
+    assert_eq!(
+        get_json(&b, "/wsapi/interaction_data?start=100&end=449").await,
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn a_blob_posted_to_one_node_reaches_the_subscribers_of_every_node() {
+    let pouch = Pouch::start(true);
+    let env = pouch.env("bid_kpi");
+    let (a, _da) = node(&env, &[]);
+    let (b, _db) = node(&env, &[]);
+    let watch_a = Watch::start(&a, None).await;
+    let watch_b = Watch::start(&b, None).await;
+    let mut ids = post(&a, &json!([{"timestamp": 10, "via": "a"}])).await;
+    ids.extend(
+        post(
+            &b,
+            &json!([{"timestamp": 20, "via": "b"}, {"timestamp": 30}]),
+        )
+        .await,
+    );
+    watch_b.wait_for(&ids, Duration::from_secs(15)).await;
+    watch_a.wait_for(&ids, Duration::from_secs(15)).await;
+    watch_a.assert_once();
+    watch_b.assert_once();
+    let doc = watch_b.changes.lock().unwrap()[0]["doc"].clone();
+    assert_eq!(doc, json!({"_id": ids[0], "timestamp": 10, "via": "a"}));
+    assert_eq!(
+        get_json(&a, "/wsapi/interaction_data/count").await,
+        json!(3)
+    );
+    assert_eq!(
+        get_json(&b, "/wsapi/interaction_data/count").await,
+        json!(3)
+    );
+    assert_eq!(
+        get_json(&a, "/wsapi/interaction_data?start=15").await,
+        get_json(&b, "/wsapi/interaction_data?start=15").await
+    );
+}
+
+// Multi-threaded: the proxy runs in this runtime while the test blocks on starting the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn couchdb_3_dialect_opaque_seqs_last_seq_and_lines_cut_short() {
+    let pouch = Pouch::start(true);
+    let proxy = CouchDb3Proxy::start(pouch.url()).await;
+    let mut env = pouch.env("bid_kpi");
+    env.retain(|(k, _)| k != "DB_PORT");
+    env.push(("DB_PORT".into(), proxy.port.to_string()));
+    let (server, _dir) = node(&env, &[]);
+    let watch = Watch::start(&server, None).await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.extend(post(&server, &json!({"timestamp": i})).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    watch.wait_for(&ids, Duration::from_secs(30)).await;
+    watch.assert_once();
+    assert!(
+        proxy.cuts.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "the feed was cut mid-line"
+    );
+    assert!(
+        proxy
+            .last_seq_ends
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2,
+        "the feed ended with last_seq"
+    );
+    let changes = watch.changes.lock().unwrap().clone();
+    let seqs: Vec<&str> = changes
+        .iter()
+        .map(|c| c["seq"].as_str().expect("opaque string seq"))
+        .collect();
+    assert!(
+        seqs.iter().all(|s| s.ends_with("-g1AAAAfakeOpaque")),
+        "{seqs:?}"
+    );
+    assert_eq!(
+        changes
+            .iter()
+            .map(|c| c["id"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        ids,
+        "in order"
+    );
+
+    // A subscriber resumes from an opaque seq, passed back verbatim.
+    let resume = Watch::start(&server, Some(seqs[9])).await;
+    resume.wait_for(&ids[10..], Duration::from_secs(15)).await;
+    assert_eq!(resume.ids(), ids[10..].to_vec());
+}
+
+#[tokio::test]
+async fn couchdb_killed_and_restarted_under_load_loses_and_repeats_nothing() {
+    let mut pouch = Pouch::start(false);
+    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    let server = Arc::new(server);
+    let watch = Watch::start(&server, None).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producers: Vec<_> = (0..4)
+        .map(|p| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    ids.extend(
+                        post(
+                            &server,
+                            &json!([{"timestamp": n, "p": p}, {"timestamp": n + 1, "p": p}]),
+                        )
+                        .await,
+                    );
+                    n += 2;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                ids
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pouch.kill9();
+    let killed_at = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pouch.restart();
+    let down_for = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for p in producers {
+        acked.extend(p.await.unwrap());
+    }
+    assert!(down_for >= Duration::from_secs(4));
+    assert!(
+        server.logs().contains("acknowledging them from the spool"),
+        "the outage was spooled"
+    );
+    watch.wait_for(&acked, Duration::from_secs(30)).await;
+    watch.assert_once();
+    let count = get_json(&server, "/wsapi/interaction_data/count").await;
+    assert_eq!(
+        count,
+        json!(acked.len()),
+        "every acknowledged blob is in CouchDB, once"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_its_start() {
+    let pouch = Pouch::start(true);
+    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    let watch = Watch::start(&server, None).await;
+    let first = post(&server, &json!({"timestamp": 1})).await;
+    watch.wait_for(&first, Duration::from_secs(15)).await;
+    let epoch_before = pouch.call("GET", "/bid_kpi/_local/kpiggybank", "").1;
+
+    assert_eq!(pouch.call("DELETE", "/bid_kpi", "").0, 200);
+    // Blobs posted now are spooled until the database is back.
+    let mut later = post(&server, &json!({"timestamp": 2})).await;
+    later.extend(post(&server, &json!({"timestamp": 3})).await);
+    watch.wait_for(&later, Duration::from_secs(30)).await;
+    watch.assert_once();
+    assert_ne!(
+        pouch.call("GET", "/bid_kpi/_local/kpiggybank", "").1,
+        epoch_before
+    );
+    assert_eq!(
+        get_json(&server, "/wsapi/interaction_data/count").await,
+        json!(2)
+    );
+    assert!(
+        server.logs().contains("was re-created"),
+        "{}",
+        server.logs()
+    );
+}
