@@ -591,3 +591,84 @@ async fn shutdown_answers_pending_pushes_then_closes_with_1001() {
         .unwrap();
     assert!(count >= acks, "{count} stored, {acks} acknowledged");
 }
+
+#[tokio::test]
+async fn a_flood_of_pushes_is_held_back_by_tcp_not_buffered() {
+    let (server, _dir) = Server::start(&[]);
+    let rss_before = server.rss_bytes();
+    let mut flooder = connect(&server, "/wsapi/ws").await;
+    // Lists of 50 sign-in blobs, written as raw pre-masked frames straight
+    // into the TCP socket: far faster than any store can take them.
+    let list: Vec<Value> = (0..50).map(|n| support::login_blob(n, n as u64)).collect();
+    let frame = masked_text_frame(json!({"type": "push", "data": list}).to_string().as_bytes());
+    let flood = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let MaybeTlsStream::Plain(tcp) = flooder.get_mut() else {
+            unreachable!("plain ws://")
+        };
+        let mut sent = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(500), tcp.write_all(&frame)).await {
+                Ok(Ok(())) => sent += 1,
+                Ok(Err(e)) => panic!("write failed: {e}"),
+                Err(_) => break,
+            }
+        }
+        (sent, flooder)
+    });
+    // Meanwhile another producer is served promptly.
+    let mut other = connect(&server, "/wsapi/ws").await;
+    for i in 0..20 {
+        let began = Instant::now();
+        send(
+            &mut other,
+            json!({"type": "push", "ref": i, "data": {"timestamp": i}}),
+        )
+        .await;
+        assert_eq!(recv(&mut other).await["type"], "ack");
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "ack took {:?}",
+            began.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sent, _flooder) = flood.await.unwrap();
+    let count = stats(&server).await["count"].as_u64().unwrap();
+    let grown = server.rss_bytes().saturating_sub(rss_before);
+    // What was written but not yet stored sits in bounded places (socket
+    // buffers, the in-flight limit), not in a queue that grows with the flood.
+    let behind = (sent * 50).saturating_sub(count) * 650;
+    assert!(
+        behind < 64 * 1024 * 1024,
+        "{behind} bytes written but not stored: no backpressure"
+    );
+    assert!(
+        grown < 100 * 1024 * 1024,
+        "server memory grew by {grown} bytes after {sent} pushes"
+    );
+    eprintln!(
+        "flood: {sent} lists written, {count} blobs stored, {behind} bytes behind, rss grown {grown}"
+    );
+}
+
+/// A client-to-server text frame, masked as RFC 6455 requires.
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= 0xffff => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
