@@ -20,8 +20,10 @@
 //! - [`http`]: the HTTP routes, compatible with the Node.js original.
 //! - [`ws`]: the WebSocket endpoint: push and subscribe on one socket.
 //! - [`error`]: every error a client can see, turned into an answer in one place.
+//! - [`assets`]: the dashboard's static files, compiled into the binary.
 //! - [`server`]: wires the parts together, serves, shuts down gracefully.
 
+pub mod assets;
 pub mod batcher;
 pub mod blob;
 pub mod config;
