@@ -156,6 +156,14 @@ function clock(ms) {
   return today ? time : `${d.toISOString().slice(0, 10)} ${time}`;
 }
 
+/** Indented JSON, with short lists of plain values on one line each
+ * (an `event_stream` entry reads `["picker", 732]`, not four lines). */
+function prettyJson(doc) {
+  return JSON.stringify(doc, null, 2).replace(/\[\s*([^[\]{}]*?)\s*\]/g, (whole, inner) =>
+    inner.length > 60 ? whole : `[${inner.replace(/,\n\s*/g, ', ')}]`,
+  );
+}
+
 function feedRow(change) {
   const doc = change.doc || {};
   const li = document.createElement('li');
@@ -178,7 +186,7 @@ function feedRow(change) {
   details.addEventListener('toggle', () => {
     if (details.open && !details.querySelector('pre')) {
       const pre = document.createElement('pre');
-      pre.textContent = JSON.stringify(doc, null, 2);
+      pre.textContent = prettyJson(doc);
       details.append(pre);
     }
   });

@@ -3,7 +3,7 @@
 // Labels come from blobs, i.e. from anyone who can post: always escaped.
 
 const HEIGHT = 150;
-const PAD = { top: 14, right: 10, bottom: 22, left: 40 };
+const PAD = { top: 20, right: 10, bottom: 22, left: 40 };
 
 /** Text safe to put into SVG markup. */
 export function escape(value) {
@@ -110,17 +110,21 @@ export function histogram(svg, { sorted, median, p95 }, { label = 'duration dist
     const from = lo + i * binW;
     out += `<rect class="bar" x="${(PAD.left + i * step).toFixed(1)}" y="${(PAD.top + plotH - h).toFixed(1)}" width="${Math.max(0.5, step - 1).toFixed(1)}" height="${h.toFixed(1)}"><title>${escape(`${formatMs(from)}–${formatMs(from + binW)}: ${formatCount(n)}`)}</title></rect>`;
   });
-  for (const [name, ms, cls] of [
-    ['median', median, 'mark median'],
-    ['p95', p95, 'mark p95'],
+  // Labels sit in the top margin, median to the left of its line and p95
+  // to the right, so they neither cover the bars nor each other.
+  for (const [name, ms, cls, side] of [
+    ['median', median, 'mark median', 'end'],
+    ['p95', p95, 'mark p95', 'start'],
   ]) {
     if (ms === null) continue;
-    const mx = x(ms).toFixed(1);
-    const anchor = x(ms) > width - 80 ? 'end' : 'start';
-    const tx = anchor === 'end' ? Number(mx) - 4 : Number(mx) + 4;
-    const ty = name === 'median' ? PAD.top + 8 : PAD.top + 22;
-    out += `<line class="${cls}" x1="${mx}" x2="${mx}" y1="${PAD.top}" y2="${PAD.top + plotH}"/>`;
-    out += `<text class="${cls}" x="${tx}" y="${ty}" text-anchor="${anchor}">${escape(`${name} ${formatMs(ms)}`)}</text>`;
+    const mx = x(ms);
+    let anchor = side;
+    if (anchor === 'end' && mx < PAD.left + 90) anchor = 'start';
+    if (anchor === 'start' && mx > width - 90) anchor = 'end';
+    const tx = anchor === 'end' ? mx - 4 : mx + 4;
+    const ty = anchor === side ? PAD.top - 4 : name === 'median' ? PAD.top + 12 : PAD.top + 26;
+    out += `<line class="${cls}" x1="${mx.toFixed(1)}" x2="${mx.toFixed(1)}" y1="${PAD.top - 12}" y2="${PAD.top + plotH}"/>`;
+    out += `<text class="${cls}" x="${tx.toFixed(1)}" y="${ty}" text-anchor="${anchor}">${escape(`${name} ${formatMs(ms)}`)}</text>`;
   }
   out += `<text class="axis" x="${PAD.left}" y="${HEIGHT - 6}">${escape(formatMs(lo))}</text>`;
   out += `<text class="axis" x="${width - PAD.right}" y="${HEIGHT - 6}" text-anchor="end">${escape(formatMs(hi))}</text>`;

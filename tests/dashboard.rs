@@ -21,6 +21,14 @@ use webdriver::{Driver, Session};
 /// The promise of item 5: a posted blob is on the page within this.
 const FEED_LATENCY: Duration = Duration::from_secs(1);
 
+/// Blobs per POST and POSTs (one every 100 ms) of the load phase: 1,000/s.
+const LOAD_BATCH: usize = 100;
+const LOAD_BATCHES: usize = 30;
+
+/// Longest the page's event loop may stall under load. A frame is 16 ms;
+/// this leaves room for a shared, busy test machine.
+const MAX_LAG_MS: f64 = 300.0;
+
 /// Generous bound for things that have no promised latency (page load, reconnect).
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -29,6 +37,19 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// 3036 → "3,036", as the page shows counts.
+fn format_count(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn target_dir() -> PathBuf {
@@ -164,7 +185,9 @@ async fn dashboard_in_headless_chromium() {
             "const d = document.querySelector(`#feed li[data-id=\"${arguments[0]}\"] details`);
              d.open = true;
              await new Promise(r => setTimeout(r, 50));
-             return d.querySelector('pre').textContent;",
+             const text = d.querySelector('pre').textContent;
+             d.open = false;
+             return text;",
             json!([live[0]]),
         )
         .await;
@@ -260,29 +283,6 @@ async fn dashboard_in_headless_chromium() {
         .collect();
     assert!(severe.is_empty(), "console errors: {severe:?}");
 
-    let wide = save_screenshot(&page, "dashboard.png").await;
-
-    // Phone width: one column, nothing wider than the screen.
-    page.viewport(390, 844, true).await;
-    page.wait_for(
-        "the phone layout",
-        PATIENCE,
-        "return innerWidth === 390 && document.documentElement.scrollWidth <= innerWidth;",
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let overflow = page
-        .execute(
-            "return [...document.querySelectorAll('main *, header *')]
-               .filter(e => e.getBoundingClientRect().right > innerWidth + 1 && e.closest('.feed, pre') === null)
-               .map(e => e.tagName + '.' + e.className);",
-            json!([]),
-        )
-        .await;
-    assert_eq!(overflow, json!([]), "elements wider than a phone");
-    let phone = save_screenshot(&page, "dashboard-phone.png").await;
-    page.viewport(1280, 800, false).await;
-
     // The server restarts: the page notices, reconnects by itself and
     // resumes by seq: the blobs posted after the restart appear once, the
     // ones from before are not repeated.
@@ -324,6 +324,89 @@ async fn dashboard_in_headless_chromium() {
     )
     .await;
     assert_no_page_errors(&page, "after the restart").await;
+
+    // Under load: 1,000 blobs/s for three seconds. The page keeps its
+    // timers on time (no long tasks), shows the newest blob promptly, and
+    // keeps no more rows than its cap.
+    page.execute(
+        "window.__lag = 0; let last = performance.now();
+         window.__lagTimer = setInterval(() => {
+           const now = performance.now(); __lag = Math.max(__lag, now - last - 20); last = now;
+         }, 20);",
+        json!([]),
+    )
+    .await;
+    let load_start = Instant::now();
+    let mut loaded = Vec::new();
+    for batch in 0..LOAD_BATCHES {
+        let blobs = (0..LOAD_BATCH)
+            .map(|i| login_blob(now_ms(), (batch * LOAD_BATCH + i) as u64))
+            .collect();
+        loaded.extend(post(&server, blobs).await);
+        let next = load_start + Duration::from_millis(100 * (batch as u64 + 1));
+        tokio::time::sleep_until(next.into()).await;
+    }
+    wait_for_rows(
+        &page,
+        "the newest blob under load",
+        &loaded[loaded.len() - 1..],
+        2 * FEED_LATENCY,
+    )
+    .await;
+    let lag = page
+        .execute("clearInterval(__lagTimer); return __lag;", json!([]))
+        .await
+        .as_f64()
+        .unwrap();
+    assert!(
+        lag < MAX_LAG_MS,
+        "the page stalled for {lag:.0} ms under load"
+    );
+    assert_eq!(
+        count_of(&page, "#feed li").await,
+        100,
+        "the feed keeps its cap"
+    );
+    let dashboard = page.execute("return kpiggybankDashboard;", json!([])).await;
+    assert_eq!(dashboard["duplicates"], json!(0), "{dashboard}");
+    assert_eq!(
+        dashboard["received"],
+        json!(all.len() + loaded.len()),
+        "{dashboard}"
+    );
+    page.wait_for(
+        "the charts to catch up",
+        PATIENCE,
+        &format!(
+            "return document.getElementById('total').textContent === '{}';",
+            format_count(all.len() + loaded.len())
+        ),
+    )
+    .await;
+    assert_no_page_errors(&page, "under load").await;
+
+    let wide = save_screenshot(&page, "dashboard.png").await;
+
+    // Phone width: one column, nothing wider than the screen.
+    page.viewport(390, 844, true).await;
+    page.wait_for(
+        "the phone layout",
+        PATIENCE,
+        "return innerWidth === 390 && document.documentElement.scrollWidth <= innerWidth;",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let overflow = page
+        .execute(
+            "return [...document.querySelectorAll('main *, header *')]
+               .filter(e => e.getBoundingClientRect().right > innerWidth + 1 && e.closest('.feed, pre') === null)
+               .map(e => e.tagName + '.' + e.className);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(overflow, json!([]), "elements wider than a phone");
+    let phone = save_screenshot(&page, "dashboard-phone.png").await;
+    page.viewport(1280, 800, false).await;
 
     page.quit().await;
     eprintln!("screenshots: {} and {}", wide.display(), phone.display());
