@@ -124,11 +124,11 @@ export class SlidingWindow {
 
 /** Sign-ins per second over the last `seconds`, by blob timestamp. */
 export class Rate {
-  constructor(seconds) {
+  constructor(seconds, nowMs = Date.now()) {
     this.seconds = seconds;
     this.buckets = new Uint32Array(seconds);
     /** The second (since the epoch) of the newest bucket. */
-    this.newest = Math.floor(Date.now() / 1000);
+    this.newest = Math.floor(nowMs / 1000);
   }
 
   /** Moves the window so that `second` is its newest bucket. */

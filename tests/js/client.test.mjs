@@ -122,3 +122,39 @@ test('a stream feed refuses a replay it cannot do', () => {
   const kp = new KPiggybank(server.url);
   assert.throws(() => kp.followChanges({ transport: 'stream', last: 5 }), RangeError);
 });
+
+// Browsers and Node 22+ have a global WebSocket; Node 20 needs
+// --experimental-websocket, which scripts/test passes.
+test(
+  'followChanges over a WebSocket replays the last N, then resumes by seq across a restart',
+  { skip: typeof globalThis.WebSocket !== 'function' && 'no global WebSocket in this Node' },
+  async () => {
+    const kp = new KPiggybank(server.url);
+    // The replay is of the last changes (by seq), whatever their timestamps.
+    const stored = await kp.saveData([loginBlob(18, 18), loginBlob(19, 19)]);
+    const feed = kp.followChanges({ last: 2 });
+    assert.equal(feed.transport, 'websocket');
+    const seen = [];
+    const states = [];
+    feed.on('change', (c) => seen.push(c.id));
+    feed.on('state', (s) => states.push(s));
+    feed.on('error', () => {});
+    try {
+      await until('the replay', () => seen.length === 2);
+      assert.deepEqual(seen, stored.ids);
+      const live = await kp.saveData(loginBlob(20, 20));
+      await until('the live change', () => seen.length === 3);
+      assert.deepEqual(seen.slice(2), live.ids);
+
+      await server.restart();
+      const after = await kp.saveData([loginBlob(21, 21), loginBlob(22, 22)]);
+      await until('the feed to reconnect', () => states.includes('reconnecting'));
+      await until('the changes posted after the restart', () => seen.length >= 5, 10_000);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(seen.slice(3), after.ids, 'no replay again, no gap');
+      assert.equal(seen.length, 5);
+    } finally {
+      feed.close();
+    }
+  },
+);
