@@ -7,9 +7,11 @@
 //! crate would pull its own HTTP and TLS stack into every test build.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -44,11 +46,15 @@ pub fn program(env_var: &str, name: &str) -> PathBuf {
         })
 }
 
-/// A running chromedriver; killed (by its PID) when dropped.
+/// A running chromedriver; when dropped, it closes its browsers and is
+/// killed (by its PID), also when a test panics half way.
 pub struct Driver {
     child: Child,
+    port: u16,
     base: String,
     http: reqwest::Client,
+    /// Session ids and profile directories of the browsers it started.
+    sessions: Mutex<Vec<(String, PathBuf)>>,
 }
 
 impl Driver {
@@ -68,6 +74,8 @@ impl Driver {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
         let driver = Driver {
             child,
+            port,
+            sessions: Mutex::new(Vec::new()),
             base: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
@@ -123,6 +131,10 @@ impl Driver {
             .as_str()
             .unwrap_or_else(|| panic!("no session id in {answer}"))
             .to_string();
+        self.sessions
+            .lock()
+            .unwrap()
+            .push((id.clone(), profile_dir.to_path_buf()));
         Session {
             base: format!("{}/session/{id}", self.base),
             http: self.http.clone(),
@@ -136,9 +148,61 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Killing chromedriver would orphan its Chromium: end each session
+        // first (blocking: no runtime in drop), then make sure the browsers
+        // with our profile directories are gone.
+        for (id, profile) in self.sessions.lock().unwrap().drain(..) {
+            delete_session_blocking(self.port, &id);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let left = browser_pids(&profile);
+                if left.is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    for pid in left {
+                        let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `DELETE /session/{id}` over a plain socket; errors are ignored (the
+/// session may be gone already).
+fn delete_session_blocking(port: u16, id: &str) {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let request = format!(
+        "DELETE /session/{id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_ok() {
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+    }
+}
+
+/// Processes started with `--user-data-dir=<profile>`: our browser and its
+/// helpers, told apart from any other Chromium by the fresh directory.
+fn browser_pids(profile: &Path) -> Vec<u32> {
+    let needle = format!("--user-data-dir={}", profile.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()))
+        })
+        .collect()
 }
 
 /// Sends one WebDriver command; panics with the driver's message on error.
