@@ -22,8 +22,10 @@
 //! - [`client`]: the Rust client: save, range, count, last, follow changes.
 //! - [`net`]: builds the HTTP clients (CouchDB, the Rust client).
 //! - [`error`]: every error a client can see, turned into an answer in one place.
+//! - [`assets`]: the dashboard's static files, compiled into the binary.
 //! - [`server`]: wires the parts together, serves, shuts down gracefully.
 
+pub mod assets;
 pub mod batcher;
 pub mod blob;
 pub mod client;

@@ -68,6 +68,7 @@ pub enum StartError {
 pub fn app(state: AppState) -> Router {
     crate::http::routes()
         .merge(crate::ws::routes())
+        .merge(crate::assets::routes())
         .with_state(state)
 }
 

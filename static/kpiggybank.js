@@ -1,0 +1,446 @@
+// kpiggybank.js: the JavaScript client of kpiggybank, for browsers and
+// Node.js 20+, as one dependency-free ES module.
+//
+// The API of the original Node.js client, with Promises added:
+//
+//   const kp = new KPiggybank('127.0.0.1', 3000);   // or new KPiggybank('http://host:3000')
+//   await kp.saveData(blob);                        // or kp.saveData(blob, (err, res) => …)
+//   const blobs = await kp.fetchRange({ start, end, limit, descending });
+//   const n = await kp.count();
+//   const feed = kp.followChanges({ last: 100 });
+//   feed.on('change', (c) => console.log(c.seq, c.id, c.doc));
+//   feed.on('error', (e) => console.warn(e.message));  // the feed reconnects by itself
+//   feed.close();
+//
+// Every callback is Node-style `(err, result)`; every method also returns a
+// Promise. followChanges() returns the feed at once (it is an event emitter);
+// its `ready` Promise settles when the first subscription is confirmed.
+
+/** The port the server listens on unless told otherwise. */
+const DEFAULT_PORT = 3000;
+
+/** First reconnect delay; doubles per failed attempt. */
+const BACKOFF_MIN_MS = 250;
+
+/**
+ * Longest reconnect delay: short, because the people watching the page
+ * would rather see it back within seconds than spare the server a request.
+ */
+const BACKOFF_MAX_MS = 3000;
+
+/** Heartbeat asked of the HTTP change stream, to notice a dead connection. */
+const STREAM_HEARTBEAT_MS = 5000;
+
+/** A stream silent for this long (several heartbeats) is taken for dead. */
+const STREAM_SILENCE_MS = 3 * STREAM_HEARTBEAT_MS;
+
+/** A tiny event emitter, so the module runs the same in browsers and Node. */
+export class Emitter {
+  #listeners = new Map();
+
+  /** Calls `fn` on every `name` event; returns this, for chaining. */
+  on(name, fn) {
+    if (!this.#listeners.has(name)) this.#listeners.set(name, new Set());
+    this.#listeners.get(name).add(fn);
+    return this;
+  }
+
+  /** Stops calling `fn` on `name` events. */
+  off(name, fn) {
+    this.#listeners.get(name)?.delete(fn);
+    return this;
+  }
+
+  /** Calls the listeners of `name`; a throwing listener does not stop the others. */
+  emit(name, ...args) {
+    const listeners = this.#listeners.get(name);
+    if (!listeners) return false;
+    for (const fn of [...listeners]) {
+      try {
+        fn.apply(this, args);
+      } catch (e) {
+        // Thrown outside our call stack, so it is reported but the feed goes on.
+        setTimeout(() => {
+          throw e;
+        });
+      }
+    }
+    return listeners.size > 0;
+  }
+}
+
+/** An error answered by the server: `status` and `code` say which. */
+export class KPiggybankError extends Error {
+  constructor(message, status, code) {
+    super(message);
+    this.name = 'KPiggybankError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/** Settles `callback` (if any) from `promise`, and returns the promise. */
+function withCallback(promise, callback) {
+  if (typeof callback === 'function') {
+    promise.then(
+      (value) => callback(null, value),
+      (err) => callback(err),
+    );
+  }
+  return promise;
+}
+
+async function errorOf(res) {
+  let message = `HTTP ${res.status}`;
+  let code;
+  try {
+    const body = await res.json();
+    if (body && body.error) message = body.error;
+    code = body && body.code;
+  } catch {
+    // Not JSON: the status line is all we have.
+  }
+  return new KPiggybankError(message, res.status, code);
+}
+
+async function json(res) {
+  if (!res.ok) throw await errorOf(res);
+  return res.json();
+}
+
+/** A seq as a query parameter: JSON, so that a string seq stays a string. */
+function seqParam(seq) {
+  return JSON.stringify(seq);
+}
+
+/** A client of one kpiggybank server. */
+export class KPiggybank {
+  /**
+   * `new KPiggybank(host, port)` as in the original, or
+   * `new KPiggybank('http://host:port')`, or, in a page served by
+   * kpiggybank, `new KPiggybank()` for the page's own server.
+   */
+  constructor(host, port) {
+    if (host === undefined || host === null || host === '') {
+      this.baseUrl = globalThis.location
+        ? globalThis.location.origin
+        : `http://127.0.0.1:${DEFAULT_PORT}`;
+    } else if (/^https?:\/\//i.test(host)) {
+      this.baseUrl = String(host).replace(/\/+$/, '');
+    } else {
+      this.baseUrl = `http://${host}:${port ?? DEFAULT_PORT}`;
+    }
+  }
+
+  /** `baseUrl` + `path`. */
+  url(path) {
+    return this.baseUrl + path;
+  }
+
+  /**
+   * Stores a blob (an object with a numeric `timestamp`) or a list of blobs.
+   * Resolves to `{ok: true, ids: [...]}` once they are durable.
+   */
+  saveData(blob, callback) {
+    const promise = fetch(this.url('/wsapi/interaction_data'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      // Wrapped in `data`, so a blob that has a `data` field is stored as is.
+      body: JSON.stringify({ data: blob }),
+    }).then(json);
+    return withCallback(promise, callback);
+  }
+
+  /**
+   * The blobs with `start <= timestamp <= end`, oldest first; options
+   * (all optional): `start`, `end`, `limit`, `descending`.
+   */
+  fetchRange(options, callback) {
+    if (typeof options === 'function') {
+      callback = options;
+      options = {};
+    }
+    const params = new URLSearchParams();
+    for (const name of ['start', 'end', 'limit']) {
+      const value = options?.[name];
+      if (value !== undefined && value !== null) params.set(name, String(Math.trunc(value)));
+    }
+    if (options?.descending) params.set('descending', 'true');
+    const query = params.toString();
+    const promise = fetch(this.url('/wsapi/interaction_data' + (query ? '?' + query : ''))).then(
+      json,
+    );
+    return withCallback(promise, callback);
+  }
+
+  /** How many blobs are stored. */
+  count(callback) {
+    return withCallback(fetch(this.url('/wsapi/interaction_data/count')).then(json), callback);
+  }
+
+  /** The blob with the greatest timestamp, or null when there is none. */
+  last(callback) {
+    const promise = fetch(this.url('/wsapi/interaction_data/last')).then((res) =>
+      res.status === 404 ? null : json(res),
+    );
+    return withCallback(promise, callback);
+  }
+
+  /**
+   * Follows the change feed; see {@link ChangeFeed} for the options and
+   * events. Uses a WebSocket where there is one (browsers, Node 22+), else
+   * the HTTP ndjson stream.
+   */
+  followChanges(options = {}) {
+    return new ChangeFeed(this, options);
+  }
+}
+
+/**
+ * A live change feed that reconnects by itself and resumes where it left
+ * off (by `seq`, within the store's `epoch`), so no change is missed and
+ * none is delivered twice.
+ *
+ * Options: `last` (replay the last N changes first; WebSocket only),
+ * `since` + `epoch` (resume from a seq you kept), `transport`
+ * (`'websocket'` or `'stream'`; chosen by default).
+ *
+ * Events: `change` ({type, seq, id, doc}), `error` (an Error; the feed keeps
+ * trying), `state` ('connecting' | 'live' | 'reconnecting' | 'closed'),
+ * `subscribed` ({epoch, seq}), `reset` ({epoch}: the store was wiped or
+ * replaced, the seqs kept so far mean nothing any more).
+ */
+export class ChangeFeed extends Emitter {
+  constructor(client, options = {}) {
+    super();
+    this.client = client;
+    this.options = { ...options };
+    this.transport =
+      options.transport ?? (typeof globalThis.WebSocket === 'function' ? 'websocket' : 'stream');
+    if (this.transport === 'stream' && options.last) {
+      throw new RangeError(
+        'followChanges({last}) needs a WebSocket (browsers, Node 22+): the HTTP stream has no replay',
+      );
+    }
+    /** Seq of the last change delivered, or where the feed stood when subscribed. */
+    this.seq = options.since ?? null;
+    /** The store epoch `seq` belongs to. */
+    this.epoch = options.since !== undefined ? (options.epoch ?? null) : null;
+    /** True when the feed was empty at subscription: resume from the start. */
+    this.fromStart = false;
+    this.state = 'connecting';
+    this.closed = false;
+    this.attempts = 0;
+    this.ready = new Promise((resolve, reject) => {
+      this.resolveReady = resolve;
+      this.rejectReady = reject;
+    });
+    // A feed closed before it ever subscribed must not leave a rejection
+    // nobody asked for.
+    this.ready.catch(() => {});
+    this.connect();
+  }
+
+  /** Stops following; no more events after `state` 'closed'. */
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.timer);
+    clearTimeout(this.watchdog);
+    if (this.ws) {
+      const ws = this.ws;
+      this.ws = null;
+      ws.close(1000);
+    }
+    this.abort?.abort();
+    this.rejectReady(new Error('closed'));
+    this.setState('closed');
+  }
+
+  setState(state) {
+    if (this.state === state) return;
+    this.state = state;
+    this.emit('state', state);
+  }
+
+  /** Where to (re)start: after the last seq, from the start, or as first asked. */
+  resumePoint() {
+    if (this.seq !== null && this.seq !== undefined) return { since: this.seq, epoch: this.epoch };
+    if (this.fromStart) return { since: 0, epoch: this.epoch };
+    if (this.options.last) return { last: this.options.last };
+    return {};
+  }
+
+  connect() {
+    if (this.closed) return;
+    this.setState(this.attempts === 0 ? 'connecting' : 'reconnecting');
+    if (this.transport === 'websocket') this.openSocket();
+    else this.openStream();
+  }
+
+  /** Called when a connection ends: tell, then try again after a backoff. */
+  dropped(err) {
+    if (this.closed) return;
+    this.emit('error', err);
+    this.setState('reconnecting');
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this.attempts);
+    this.attempts += 1;
+    // Jitter, so that many pages do not all come back at the same instant.
+    this.retryAt = Date.now() + delay;
+    this.timer = setTimeout(() => this.connect(), delay * (0.75 + Math.random() * 0.5));
+  }
+
+  subscribed(epoch, seq, replay) {
+    if (this.epoch !== null && epoch !== this.epoch) this.reset(epoch);
+    this.epoch = epoch;
+    if (!replay && (this.seq === null || this.seq === undefined)) {
+      if (seq === null) this.fromStart = true;
+      else this.seq = seq;
+    }
+    this.attempts = 0;
+    this.setState('live');
+    this.emit('subscribed', { epoch, seq });
+    this.resolveReady({ epoch, seq });
+  }
+
+  reset(epoch) {
+    this.seq = null;
+    this.fromStart = false;
+    this.emit('reset', { epoch });
+  }
+
+  change(frame) {
+    this.seq = frame.seq;
+    this.emit('change', frame);
+  }
+
+  openSocket() {
+    const url = this.client.baseUrl.replace(/^http/i, 'ws') + '/wsapi/ws';
+    let ws;
+    try {
+      ws = new WebSocket(url);
+    } catch (e) {
+      this.dropped(e);
+      return;
+    }
+    this.ws = ws;
+    let replay = false;
+    const subscribe = () => {
+      const point = this.resumePoint();
+      replay = point.last !== undefined;
+      ws.send(JSON.stringify({ type: 'subscribe', ...point }));
+    };
+    ws.onopen = subscribe;
+    ws.onmessage = (event) => {
+      if (this.ws !== ws) return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch (e) {
+        this.emit('error', e);
+        return;
+      }
+      switch (frame.type) {
+        case 'change':
+          this.change(frame);
+          break;
+        case 'subscribed':
+          this.subscribed(frame.epoch, frame.seq ?? null, replay);
+          break;
+        case 'error':
+          if (frame.code === 'epoch_mismatch') {
+            // The store was replaced: start over as if new.
+            this.epoch = null;
+            this.reset(null);
+            subscribe();
+          } else {
+            this.emit('error', new KPiggybankError(frame.error, undefined, frame.code));
+          }
+          break;
+        default:
+          break;
+      }
+    };
+    ws.onclose = (event) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      const why = event.reason ? `: ${event.reason}` : '';
+      this.dropped(new Error(`the WebSocket closed (${event.code}${why})`));
+    };
+    // An error is always followed by close, which reconnects.
+    ws.onerror = () => {};
+  }
+
+  async openStream() {
+    const abort = new AbortController();
+    this.abort = abort;
+    const point = this.resumePoint();
+    const params = new URLSearchParams({ heartbeat: String(STREAM_HEARTBEAT_MS) });
+    if (point.since !== undefined) {
+      params.set('since', seqParam(point.since));
+      if (point.epoch) params.set('epoch', point.epoch);
+    }
+    const armWatchdog = () => {
+      clearTimeout(this.watchdog);
+      this.watchdog = setTimeout(() => abort.abort(new Error('the stream went silent')), STREAM_SILENCE_MS);
+    };
+    try {
+      armWatchdog();
+      const res = await fetch(this.client.url('/wsapi/interaction_data/stream?' + params), {
+        signal: abort.signal,
+      });
+      if (res.status === 409) {
+        // The store was replaced: start over from now.
+        this.epoch = null;
+        this.reset(null);
+        throw await errorOf(res);
+      }
+      if (!res.ok) throw await errorOf(res);
+      // A server that names the feed's position lets us resume even before
+      // the first change; without it, a reconnect before then restarts at "now".
+      const headerSeq = res.headers.get('x-kpiggybank-seq');
+      let seq = null;
+      if (headerSeq !== null) {
+        try {
+          seq = JSON.parse(headerSeq);
+        } catch {
+          seq = headerSeq;
+        }
+      }
+      const known = point.since !== undefined || headerSeq !== null;
+      if (known) this.subscribed(res.headers.get('x-kpiggybank-epoch'), point.since ?? seq, false);
+      else {
+        this.epoch = res.headers.get('x-kpiggybank-epoch');
+        this.attempts = 0;
+        this.setState('live');
+        this.emit('subscribed', { epoch: this.epoch, seq: null });
+        this.resolveReady({ epoch: this.epoch, seq: null });
+      }
+      const reader = res.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        armWatchdog();
+        buffered += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffered.indexOf('\n')) >= 0) {
+          const line = buffered.slice(0, end).trim();
+          buffered = buffered.slice(end + 1);
+          if (!line) continue; // a heartbeat
+          const frame = JSON.parse(line);
+          if (frame.type === 'change') this.change(frame);
+          if (this.closed) return;
+        }
+      }
+      throw new Error('the change stream ended');
+    } catch (e) {
+      clearTimeout(this.watchdog);
+      if (this.closed) return;
+      this.dropped(abort.signal.aborted && abort.signal.reason ? abort.signal.reason : e);
+    }
+  }
+}
+
+export default KPiggybank;
