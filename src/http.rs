@@ -272,6 +272,8 @@ async fn stream(
         .subscribe(state.store.clone(), start, epoch)
         .await?;
     let epoch = sub.epoch().to_string();
+    // Where to resume if the stream breaks before its first change.
+    let resume = serde_json::to_string(&sub.resume_seq().map(|s| &s.0)).expect("JSON serializes");
     let shutdown = state.shutdown.clone();
     let ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let lines = futures::stream::unfold((sub, ticker), move |(mut sub, mut ticker)| {
@@ -303,6 +305,7 @@ async fn stream(
             (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
             (header::CACHE_CONTROL, "no-cache".to_string()),
             (header::HeaderName::from_static("x-kpiggybank-epoch"), epoch),
+            (header::HeaderName::from_static("x-kpiggybank-seq"), resume),
         ],
         Body::from_stream(lines),
     )

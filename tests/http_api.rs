@@ -379,6 +379,11 @@ async fn the_stream_relays_new_blobs_with_heartbeats_and_resumes_by_seq() {
         .to_str()
         .unwrap()
         .to_string();
+    assert_eq!(
+        res.headers()["x-kpiggybank-seq"],
+        "null",
+        "an empty store has no seq yet"
+    );
     let mut lines = Lines::new(res);
     // Heartbeats are empty lines.
     assert_eq!(lines.next_line().await, "");
@@ -422,6 +427,20 @@ async fn the_stream_relays_new_blobs_with_heartbeats_and_resumes_by_seq() {
     );
     assert_eq!(resumed.next_change().await["doc"]["n"], "live");
 
+    let res = http()
+        .get(server.url("/wsapi/interaction_data/stream"))
+        .send()
+        .await
+        .unwrap();
+    let now = res.headers()["x-kpiggybank-seq"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        now,
+        (seq.as_i64().unwrap() + 6).to_string(),
+        "the stream names where it starts"
+    );
     let res = http()
         .get(server.url(&format!(
             "/wsapi/interaction_data/stream?since={seq}&epoch=other"
