@@ -60,7 +60,7 @@ impl Watch {
             None => server.url("/wsapi/interaction_data/stream?heartbeat=200"),
         };
         support::install_crypto();
-        let res = reqwest::Client::new().get(url).send().await.unwrap();
+        let res = support::http().get(url).send().await.unwrap();
         assert_eq!(res.status(), 200);
         let changes = Arc::new(Mutex::new(Vec::new()));
         let sink = changes.clone();

@@ -266,7 +266,7 @@ impl CouchDb3Proxy {
         let cuts = Arc::new(AtomicUsize::new(0));
         let feeds = Arc::new(AtomicUsize::new(0));
         super::install_crypto();
-        let client = reqwest::Client::new();
+        let client = super::http();
         let (ends, cut_count) = (last_seq_ends.clone(), cuts.clone());
         let handler = move |req: Request| {
             let (client, upstream) = (client.clone(), upstream.clone());

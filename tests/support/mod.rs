@@ -197,7 +197,10 @@ pub const FIXTURE: &str = include_str!("../fixtures/login-sequence.json");
 /// A reqwest client for tests.
 pub fn http() -> reqwest::Client {
     install_crypto();
+    // Plain http only: without this, every client parses the system's root
+    // certificates for https, which costs seconds in a debug build.
     reqwest::Client::builder()
+        .tls_certs_only(Vec::new())
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap()
