@@ -2,19 +2,25 @@
 //! in a bounded ring, and read by every subscriber at its own pace.
 //!
 //! A subscriber is a cursor into the ring, not a queue: a slow one costs no
-//! memory and never slows producers or other subscribers. One that falls
-//! out of the ring is caught up from the store by `seq`, then rejoins the
-//! ring; so it never silently misses a change. Blobs are immutable, so a
-//! change is identified by its blob id; ids delivered from the store are
-//! remembered for a while to drop their echo from the ring.
+//! memory and never slows producers or other subscribers. One that falls out
+//! of the ring (or resumes from an old `since`) is caught up from the store by
+//! `seq`, page by page; then it rejoins the ring right after the last change
+//! it got, found by id, or by seq for stores whose seqs are integers. When
+//! the ring has not seen that change yet (a CouchDB relay lagging its
+//! database), the subscriber waits a little, then reads the store again. Ids
+//! delivered from the store are also remembered for a while, to drop echoes
+//! that a store whose feeds disagree on order (sharded CouchDB) could bring.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::store::{Change, Seq, Store, StoreError};
 
@@ -28,9 +34,12 @@ pub const CATCH_UP_PAGE: usize = 500;
 /// Most changes handed to a subscriber at once, so one wake-up stays short.
 pub const MAX_BATCH: usize = 1024;
 
-/// Ids remembered after a catch-up to drop their echo from the ring; far
-/// more than can be committed but not yet published at any moment.
+/// Ids remembered after a catch-up, to drop echoes near the join point.
 const RECENT_IDS: usize = 4 * CATCH_UP_PAGE;
+
+/// How long a caught-up subscriber waits for the ring to show the last
+/// change it got before it reads the store again.
+const JOIN_WAIT: Duration = Duration::from_secs(1);
 
 /// One published change, serialized once.
 #[derive(Debug)]
@@ -156,6 +165,20 @@ impl Hub {
         self.catch_ups.load(Ordering::Relaxed)
     }
 
+    /// Starts a new feed: the store was replaced (a re-created CouchDB
+    /// database), so the ring's changes and seqs belong to the old one.
+    /// Subscriptions notice the new epoch and follow the new feed.
+    pub fn reset(&self, start_seq: Option<Seq>) {
+        let head = {
+            let mut ring = self.ring.lock();
+            ring.base += ring.entries.len() as u64;
+            ring.entries.clear();
+            ring.last_seq = start_seq;
+            ring.base
+        };
+        self.head.send_replace(head);
+    }
+
     fn head_and_seq(&self) -> (u64, Option<Seq>) {
         let ring = self.ring.lock();
         (ring.base + ring.entries.len() as u64, ring.last_seq.clone())
@@ -168,6 +191,38 @@ impl Hub {
         }
         let skip = (pos - ring.base) as usize;
         Read::Entries(ring.entries.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    /// The ring position right after the change last delivered (`id`, or
+    /// `seq` when no id is known); `None` when the ring has not seen it.
+    fn join_point(&self, id: Option<&str>, seq: Option<&Seq>) -> Option<u64> {
+        let ring = self.ring.lock();
+        let after = |i: usize| ring.base + i as u64 + 1;
+        if let Some(id) = id
+            && let Some(i) = ring.entries.iter().rposition(|e| &*e.id == id)
+        {
+            return Some(after(i));
+        }
+        let Some(seq) = seq else {
+            // Nothing delivered yet and the store had nothing: all is new.
+            return Some(ring.base);
+        };
+        if let Some(i) = ring.entries.iter().rposition(|e| &e.seq == seq) {
+            return Some(after(i));
+        }
+        // Integer seqs (the local stores) are ordered: once the feed has
+        // reached `seq`, join at the first newer one (this also covers a
+        // change smashed since, or one from before the ring's memory).
+        let n = seq.as_int()?;
+        // No seq at all: the store was empty at start and nothing came since.
+        let published = ring.last_seq.as_ref().map_or(Some(0), Seq::as_int)?;
+        if published < n {
+            return None;
+        }
+        let newer = ring
+            .entries
+            .partition_point(|e| e.seq.as_int().is_some_and(|m| m <= n));
+        Some(ring.base + newer as u64)
     }
 
     /// Subscribes to the feed of `store`. A `since` from another epoch is refused.
@@ -188,13 +243,15 @@ impl Hub {
         let (head, head_seq) = self.head_and_seq();
         let mut sub = Subscription {
             hub: self.clone(),
+            epoch: store.epoch().to_string(),
             store,
             pos: head,
             mode: Mode::Live,
             last_seq: head_seq,
+            last_id: None,
             recent: RecentIds::default(),
             live_since_switch: 0,
-            pending: Vec::new(),
+            read: None,
             head_rx: self.head.subscribe(),
         };
         match start {
@@ -205,15 +262,11 @@ impl Hub {
                 sub.mode = Mode::CatchUp(Some(seq));
             }
             Start::Last(n) => {
-                let recent = sub.store.recent_changes(n).await?;
-                if let Some(last) = recent.last() {
-                    sub.last_seq = Some(last.seq.clone());
-                }
-                for change in recent {
-                    sub.recent.insert(change.id.clone());
-                    sub.pending.push(Arc::new(Entry::new(change)));
-                }
-                sub.mode = Mode::CatchUp(sub.last_seq.clone());
+                // The replay pages through the store like any catch-up, so a
+                // large `last` costs one page of memory, not `n` blobs.
+                let from = sub.store.replay_start(n).await?;
+                sub.last_seq = from.clone();
+                sub.mode = Mode::CatchUp(from);
             }
         }
         Ok(sub)
@@ -224,20 +277,32 @@ enum Mode {
     Live,
     /// Reading the store after this seq (`None`: from the beginning).
     CatchUp(Option<Seq>),
+    /// The store is read to its end; looking for the last change delivered
+    /// in the ring, to continue right after it.
+    Join {
+        /// When to give up waiting and read the store again.
+        deadline: Instant,
+    },
 }
 
 /// One subscriber's place in the feed.
 pub struct Subscription {
     hub: Arc<Hub>,
     store: Arc<dyn Store>,
+    /// The store epoch when subscribing; seqs mean nothing in another.
+    epoch: String,
     /// Next ring position to read.
     pos: u64,
     mode: Mode,
     /// Seq of the last change delivered: where to resume.
     last_seq: Option<Seq>,
+    /// Id of the last change delivered: where to rejoin the ring.
+    last_id: Option<Arc<str>>,
     recent: RecentIds,
     live_since_switch: usize,
-    pending: Vec<Arc<Entry>>,
+    /// A store read in flight, kept across cancelled calls of `next` so a
+    /// busy `select!` cannot restart it forever.
+    read: Option<JoinHandle<Result<Vec<Change>, StoreError>>>,
     head_rx: watch::Receiver<u64>,
 }
 
@@ -247,38 +312,56 @@ impl Subscription {
         self.last_seq.as_ref()
     }
 
-    /// Whether replayed changes are waiting to be delivered.
-    pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
-    }
-
-    /// The store epoch that seqs of this subscription belong to.
+    /// The store epoch that seqs of this subscription belong to (it changes
+    /// when the store is replaced).
     pub fn epoch(&self) -> &str {
-        self.store.epoch()
+        &self.epoch
     }
 
-    /// Waits for the next changes (never an empty batch). Cancel-safe.
+    fn delivered(&mut self, seq: &Seq, id: &Arc<str>) {
+        self.last_seq = Some(seq.clone());
+        self.last_id = Some(id.clone());
+    }
+
+    /// Waits for the next changes (never an empty batch). Cancel-safe: a
+    /// dropped call loses nothing and a store read in flight carries on.
     pub async fn next(&mut self) -> Result<Vec<Arc<Entry>>, StoreError> {
         loop {
-            if !self.pending.is_empty() {
-                return Ok(std::mem::take(&mut self.pending));
+            if self.store.epoch() != self.epoch {
+                // The store was replaced (a re-created CouchDB database) and
+                // its feed starts over: follow the new one from its start.
+                self.epoch = self.store.epoch().to_string();
+                self.last_seq = None;
+                self.last_id = None;
+                self.recent.clear();
+                if let Some(read) = self.read.take() {
+                    read.abort();
+                }
+                self.mode = Mode::CatchUp(None);
             }
             match &self.mode {
                 Mode::CatchUp(cursor) => {
-                    // Anything published from here on is also read from the
-                    // ring; the recent ids drop the overlap.
-                    self.pos = self.hub.head_and_seq().0;
-                    let changes = self
-                        .store
-                        .changes_since(cursor.as_ref(), CATCH_UP_PAGE)
-                        .await?;
+                    let read = self.read.get_or_insert_with(|| {
+                        let store = self.store.clone();
+                        let cursor = cursor.clone();
+                        tokio::spawn(async move {
+                            store.changes_since(cursor.as_ref(), CATCH_UP_PAGE).await
+                        })
+                    });
+                    let changes = read.await;
+                    self.read = None;
+                    let changes = changes.map_err(|e| {
+                        StoreError::Unavailable(format!("a catch-up read failed: {e}"))
+                    })??;
                     let Some(last) = changes.last() else {
-                        self.mode = Mode::Live;
-                        self.live_since_switch = 0;
+                        self.mode = Mode::Join {
+                            deadline: Instant::now() + JOIN_WAIT,
+                        };
                         continue;
                     };
-                    self.last_seq = Some(last.seq.clone());
-                    self.mode = Mode::CatchUp(self.last_seq.clone());
+                    let (seq, id) = (last.seq.clone(), last.id.clone());
+                    self.delivered(&seq, &id);
+                    self.mode = Mode::CatchUp(Some(seq));
                     let fresh: Vec<Arc<Entry>> = changes
                         .into_iter()
                         .filter(|c| self.recent.insert(c.id.clone()))
@@ -286,6 +369,30 @@ impl Subscription {
                         .collect();
                     if !fresh.is_empty() {
                         return Ok(fresh);
+                    }
+                }
+                Mode::Join { deadline } => {
+                    let deadline = *deadline;
+                    self.head_rx.borrow_and_update();
+                    let found = self
+                        .hub
+                        .join_point(self.last_id.as_deref(), self.last_seq.as_ref());
+                    if let Some(pos) = found {
+                        self.pos = pos;
+                        self.mode = Mode::Live;
+                        self.live_since_switch = 0;
+                        continue;
+                    }
+                    // The feed lags the store: wait for it, then read again.
+                    tokio::select! {
+                        changed = self.head_rx.changed() => {
+                            if changed.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                        _ = tokio::time::sleep_until(deadline) => {
+                            self.mode = Mode::CatchUp(self.last_seq.clone());
+                        }
                     }
                 }
                 Mode::Live => {
@@ -302,7 +409,9 @@ impl Subscription {
                         }
                         Read::Entries(mut entries) => {
                             self.pos += entries.len() as u64;
-                            self.last_seq = entries.last().map(|e| e.seq.clone());
+                            let last = entries.last().expect("not empty");
+                            let (seq, id) = (last.seq.clone(), last.id.clone());
+                            self.delivered(&seq, &id);
                             if !self.recent.is_empty() {
                                 entries.retain(|e| !self.recent.contains(&e.id));
                                 self.live_since_switch += entries.len();
@@ -317,6 +426,14 @@ impl Subscription {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(read) = self.read.take() {
+            read.abort();
         }
     }
 }
@@ -354,5 +471,193 @@ impl RecentIds {
     fn clear(&mut self) {
         self.order.clear();
         self.set.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The hub against a store whose feed it controls: what a CouchDB relay
+    //! lagging its database, or a slow store read, looks like to the hub.
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::blob::{Blob, Doc};
+    use crate::store::{Page, RangeCursor, RangeQuery};
+
+    /// Holds changes that the hub has not been told about yet.
+    struct Feed {
+        changes: Vec<Change>,
+        read_delay: Duration,
+        reads: AtomicUsize,
+    }
+
+    fn change(i: usize, opaque: bool) -> Change {
+        Change {
+            seq: if opaque {
+                Seq(serde_json::json!(format!("{i}-g1AAAA")))
+            } else {
+                Seq::int(i as i64)
+            },
+            id: format!("id{i:05}").into(),
+            doc: Doc::from_stored(format!("{{\"_id\":\"id{i:05}\",\"timestamp\":{i}}}")),
+        }
+    }
+
+    #[async_trait]
+    impl Store for Feed {
+        fn describe(&self) -> String {
+            "test feed".into()
+        }
+        fn epoch(&self) -> &str {
+            "e"
+        }
+        fn used_bytes(&self) -> u64 {
+            0
+        }
+        fn check_seq(&self, _: &Seq) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn write(&self, _: Vec<Blob>) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn range_page(
+            &self,
+            _: &RangeQuery,
+            _: Option<&RangeCursor>,
+            _: usize,
+        ) -> Result<Page, StoreError> {
+            Ok(Page::default())
+        }
+        async fn get(&self, _: &str) -> Result<Option<Doc>, StoreError> {
+            Ok(None)
+        }
+        async fn count(&self) -> Result<u64, StoreError> {
+            Ok(self.changes.len() as u64)
+        }
+        async fn changes_since(
+            &self,
+            since: Option<&Seq>,
+            max: usize,
+        ) -> Result<Vec<Change>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(self.read_delay).await;
+            // Position by equality only: the seqs may be opaque.
+            let start = match since {
+                None => 0,
+                Some(s) => self
+                    .changes
+                    .iter()
+                    .position(|c| &c.seq == s)
+                    .map_or(0, |i| i + 1),
+            };
+            Ok(self.changes.iter().skip(start).take(max).cloned().collect())
+        }
+        async fn recent_changes(&self, _: usize) -> Result<Vec<Change>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
+            Ok(None)
+        }
+        async fn smash(&self, _: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A client resumes while its node's feed lags the database by far more
+    /// changes than the echo filter remembers; the feed then catches up.
+    async fn catch_up_ahead_of_the_feed(opaque: bool) {
+        let n = 3 * RECENT_IDS;
+        let changes: Vec<Change> = (1..=n).map(|i| change(i, opaque)).collect();
+        let store = Arc::new(Feed {
+            changes: changes.clone(),
+            read_delay: Duration::ZERO,
+            reads: AtomicUsize::new(0),
+        });
+        let hub = Hub::new();
+        let mut sub = hub
+            .subscribe(
+                store.clone(),
+                Start::Since(changes[9].seq.clone()),
+                Some("e"),
+            )
+            .await
+            .unwrap();
+        let mut seen: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut got = 0;
+        while got < n - 10 {
+            for e in sub.next().await.unwrap() {
+                *seen.entry(e.id.clone()).or_default() += 1;
+                got += 1;
+            }
+        }
+        // The store has no more; the feed publishes everything late.
+        let waiting = tokio::spawn(async move {
+            let mut more = Vec::new();
+            while let Ok(Ok(batch)) =
+                tokio::time::timeout(Duration::from_millis(300), sub.next()).await
+            {
+                more.extend(batch);
+            }
+            (sub, more)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        hub.publish(changes.clone());
+        hub.publish(vec![change(n + 1, opaque)]);
+        let (_sub, more) = waiting.await.unwrap();
+        for e in &more {
+            *seen.entry(e.id.clone()).or_default() += 1;
+        }
+        let twice = seen.values().filter(|c| **c > 1).count();
+        assert_eq!(twice, 0, "{twice} changes delivered twice");
+        assert_eq!(
+            seen.len(),
+            n - 10 + 1,
+            "every change after since, and the new one"
+        );
+        assert_eq!(more.len(), 1, "only the new change came from the feed");
+    }
+
+    #[tokio::test]
+    async fn catch_up_ahead_of_a_lagging_feed_delivers_each_change_once_integer_seqs() {
+        catch_up_ahead_of_the_feed(false).await;
+    }
+
+    #[tokio::test]
+    async fn catch_up_ahead_of_a_lagging_feed_delivers_each_change_once_opaque_seqs() {
+        catch_up_ahead_of_the_feed(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_busy_select_loop_does_not_restart_a_slow_catch_up_forever() {
+        let store = Arc::new(Feed {
+            changes: (1..=10).map(|i| change(i, false)).collect(),
+            read_delay: Duration::from_millis(80),
+            reads: AtomicUsize::new(0),
+        });
+        let hub = Hub::new();
+        let mut sub = hub
+            .subscribe(store.clone(), Start::Since(Seq::int(0)), None)
+            .await
+            .unwrap();
+        // What /stream does with a 30 ms heartbeat: a branch that fires more
+        // often than one store read takes.
+        let mut ticker = tokio::time::interval(Duration::from_millis(30));
+        let mut changes = 0;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while changes < 10 && Instant::now() < deadline {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                next = sub.next() => changes += next.unwrap().len(),
+            }
+        }
+        assert_eq!(
+            changes,
+            10,
+            "after {} store reads",
+            store.reads.load(Ordering::Relaxed)
+        );
     }
 }

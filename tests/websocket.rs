@@ -70,6 +70,20 @@ async fn stats(server: &Server) -> Value {
         .unwrap()
 }
 
+/// Waits until the server counts `n` open WebSockets (a closed one is
+/// released by its task, a moment after the client sees the close).
+async fn wait_for_connections(server: &Server, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats(server).await["connections"] != n {
+        assert!(
+            Instant::now() < deadline,
+            "still {} connections",
+            stats(server).await["connections"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn push_is_acked_with_ids_once_stored() {
     let (server, _dir) = Server::start(&[]);
@@ -316,6 +330,7 @@ async fn limits_frame_size_connections_and_origin() {
     assert_eq!(u16::from(closed.code), 1009);
     assert!(closed.reason.contains("4096"), "{}", closed.reason);
     drop(ws);
+    wait_for_connections(&server, 0).await;
 
     // Connection limit: the third is refused with a clear 503.
     let mut a = connect(&server, "/wsapi/ws").await;
@@ -333,9 +348,9 @@ async fn limits_frame_size_connections_and_origin() {
     }
     drop(a);
     drop(_b);
+    wait_for_connections(&server, 0).await;
 
     // Origins: a foreign page is refused; the allowed one and same-origin pass.
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let with_origin = |origin: &str| {
         let mut req = server.ws_url("/wsapi/ws").into_client_request().unwrap();
         req.headers_mut().insert("origin", origin.parse().unwrap());

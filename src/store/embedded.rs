@@ -308,6 +308,16 @@ impl Store for EmbeddedStore {
         Ok(changes)
     }
 
+    async fn replay_start(&self, n: usize) -> Result<Option<Seq>, StoreError> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT seq FROM blobs ORDER BY seq DESC LIMIT 1 OFFSET ?1")?
+                .query_row([n as i64], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|s| s.map(Seq::int))
+        })
+        .await
+    }
+
     async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
         self.read(|conn| {
             conn.query_row(

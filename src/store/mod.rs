@@ -180,6 +180,17 @@ pub trait Store: Send + Sync + 'static {
     /// The last `n` changes, oldest first.
     async fn recent_changes(&self, n: usize) -> Result<Vec<Change>, StoreError>;
 
+    /// Where a replay of the last `n` changes starts: the seq just before
+    /// them, `None` when the feed holds `n` or fewer (replay from the start).
+    async fn replay_start(&self, n: usize) -> Result<Option<Seq>, StoreError> {
+        let mut recent = self.recent_changes(n + 1).await?;
+        Ok(if recent.len() > n {
+            Some(recent.swap_remove(0).seq)
+        } else {
+            None
+        })
+    }
+
     /// The seq of the newest change, `None` when the feed is empty.
     async fn current_seq(&self) -> Result<Option<Seq>, StoreError>;
 

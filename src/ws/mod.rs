@@ -171,6 +171,8 @@ struct Conn {
     state: AppState,
     guard: ConnGuard,
     sub: Option<Subscription>,
+    /// The epoch last announced to the client.
+    epoch: String,
     /// Seq of the last change handed to the socket: where to resume.
     last_sent: Option<Seq>,
     /// Answers of pushes waiting for the store, with their sizes.
@@ -193,6 +195,7 @@ async fn serve(
         state,
         guard,
         sub: None,
+        epoch: String::new(),
         last_sent: None,
         pending: FuturesUnordered::new(),
         pending_bytes: 0,
@@ -234,6 +237,9 @@ async fn serve(
             }
             batch = next_changes(&mut conn.sub) => match batch {
                 Ok(entries) => {
+                    if conn.announce_new_epoch().await.is_err() {
+                        break End::TooSlow;
+                    }
                     if conn.send_changes(&entries, send_timeout).await.is_err() {
                         break End::TooSlow;
                     }
@@ -369,6 +375,19 @@ impl Conn {
         }
     }
 
+    /// Tells the client when the store was replaced under its subscription:
+    /// a new `subscribed` frame with the new epoch (seqs start over).
+    async fn announce_new_epoch(&mut self) -> Result<(), ()> {
+        let Some(sub) = &self.sub else { return Ok(()) };
+        if sub.epoch() == self.epoch {
+            return Ok(());
+        }
+        self.epoch = sub.epoch().to_string();
+        let frame = protocol::subscribed(None, &self.epoch, None);
+        self.send_text(frame, self.state.config.ws_send_timeout)
+            .await
+    }
+
     /// Starts (or replaces) this connection's subscription and says so.
     async fn subscribe(
         &mut self,
@@ -392,6 +411,7 @@ impl Conn {
                 };
                 let frame = protocol::subscribed(reference, sub.epoch(), seq.as_ref());
                 self.last_sent = seq;
+                self.epoch = sub.epoch().to_string();
                 self.sub = Some(sub);
                 self.guard.info.subscribed.store(true, Ordering::Relaxed);
                 self.send_text(frame, limit).await

@@ -165,6 +165,8 @@ async fn follow(
         shared.set_epoch(epoch);
         *since = Value::from(0);
         relayed.clear();
+        // The ring's seqs mean nothing in the new database.
+        hub.reset(None);
     }
     let response = tokio::time::timeout(
         IDLE_TIMEOUT,
