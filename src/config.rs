@@ -183,7 +183,7 @@ impl Config {
         }
         Ok(Config {
             backend,
-            db_host: get("DB_HOST").unwrap_or("127.0.0.1").to_string(),
+            db_host: db_host(get("DB_HOST").unwrap_or("127.0.0.1"))?,
             db_port: parse(get, "DB_PORT", 5984, "a port number 1-65535")
                 .and_then(|p| nonzero_port("DB_PORT", p))?,
             db_name,
@@ -285,6 +285,22 @@ fn millis<'a>(
     Ok(Duration::from_millis(ms))
 }
 
+/// `DB_HOST` is logged and shown in errors, so it may not carry a password
+/// (`https://user:pass@host`): credentials go in `DB_USER` and `DB_PASS`.
+fn db_host(host: &str) -> Result<String, ConfigError> {
+    let authority = host.split_once("://").map_or(host, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(ConfigError {
+            var: "DB_HOST",
+            value: "(not shown: it holds credentials)".into(),
+            expected: "a host name, address or http(s):// URL without user or password \
+                       (put those in DB_USER and DB_PASS)",
+        });
+    }
+    Ok(host.to_string())
+}
+
 fn nonzero_port(var: &'static str, port: u16) -> Result<u16, ConfigError> {
     if port == 0 {
         Err(ConfigError {
@@ -328,6 +344,16 @@ mod tests {
         assert!(e.to_string().contains("port number"), "{e}");
         let e = Config::from_vars(&vars(&[("DB_BACKEND", "mysql")])).unwrap_err();
         assert!(e.to_string().contains("DB_BACKEND"), "{e}");
+    }
+
+    #[test]
+    fn credentials_in_db_host_are_refused_without_showing_them() {
+        let e = Config::from_vars(&vars(&[("DB_HOST", "https://admin:hunter2@couch.example")]))
+            .unwrap_err();
+        assert_eq!(e.var, "DB_HOST");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let c = Config::from_vars(&vars(&[("DB_HOST", "https://couch.example/base@x")])).unwrap();
+        assert_eq!(c.db_host, "https://couch.example/base@x");
     }
 
     #[test]

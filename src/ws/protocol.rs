@@ -47,18 +47,26 @@ pub enum ClientFrame<'a> {
     },
 }
 
+/// The command fields of a frame, kept raw: a bare blob may have fields of
+/// the same names and any types, and must still be a push.
 #[derive(Deserialize)]
 struct Envelope<'a> {
-    #[serde(rename = "type")]
-    kind: Option<String>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<&'a RawValue>,
     #[serde(rename = "ref", borrow)]
     reference: Option<&'a RawValue>,
     #[serde(borrow)]
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     since: Option<&'a RawValue>,
-    epoch: Option<String>,
-    last: Option<u64>,
+    #[serde(borrow)]
+    epoch: Option<&'a RawValue>,
+    #[serde(borrow)]
+    last: Option<&'a RawValue>,
+}
+
+fn bad(reference: Option<&RawValue>, message: String) -> (Option<&RawValue>, ApiError) {
+    (reference, ApiError::BadFrame(message))
 }
 
 /// Parses one client text frame. An `Err` carries the `ref` when it was readable.
@@ -84,10 +92,30 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, (Option<&RawValue>, ApiError
             });
         }
     }
-    let envelope: Envelope =
-        serde_json::from_str(text).map_err(|e| (None, BlobError::Syntax(e.to_string()).into()))?;
+    // Duplicate keys or odd types are the blob's business, not the frame's:
+    // only a frame that parses as a command envelope can be a command.
+    let Ok(envelope) = serde_json::from_str::<Envelope>(text) else {
+        return Ok(ClientFrame::Push {
+            reference: None,
+            blobs: blob::parse_submission(text),
+        });
+    };
+    let kind = match envelope
+        .kind
+        .map(|k| serde_json::from_str::<String>(k.get()))
+    {
+        None => None,
+        Some(Ok(kind)) => Some(kind),
+        // A `type` that is not a string cannot name a command: a blob's field.
+        Some(Err(_)) => {
+            return Ok(ClientFrame::Push {
+                reference: None,
+                blobs: blob::parse_submission(text),
+            });
+        }
+    };
     let reference = envelope.reference;
-    match envelope.kind.as_deref() {
+    match kind.as_deref() {
         None => Ok(ClientFrame::Push {
             reference: None,
             blobs: blob::parse_submission(text),
@@ -100,38 +128,59 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, (Option<&RawValue>, ApiError
             },
         }),
         Some("subscribe") => {
-            let start = match (envelope.since, envelope.last) {
+            let last = match envelope.last {
+                None => None,
+                Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+                    Ok(n) if n <= MAX_REPLAY => Some(n),
+                    _ => {
+                        return Err(bad(
+                            reference,
+                            format!(
+                                "`last` must be a number of blobs up to {MAX_REPLAY}, got {}",
+                                raw.get()
+                            ),
+                        ));
+                    }
+                },
+            };
+            let epoch = match envelope.epoch {
+                None => None,
+                Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+                    Ok(epoch) => Some(epoch),
+                    Err(_) => {
+                        return Err(bad(
+                            reference,
+                            format!("`epoch` must be a string, got {}", raw.get()),
+                        ));
+                    }
+                },
+            };
+            let start = match (envelope.since, last) {
                 (Some(_), Some(_)) => {
-                    return Err((
+                    return Err(bad(
                         reference,
-                        ApiError::BadFrame("subscribe takes `since` or `last`, not both".into()),
+                        "subscribe takes `since` or `last`, not both".into(),
                     ));
                 }
                 (Some(since), None) => Start::Since(Seq(
                     serde_json::from_str(since.get()).expect("RawValue re-parses")
                 )),
-                (None, Some(n)) if n > MAX_REPLAY => {
-                    return Err((
-                        reference,
-                        ApiError::BadFrame(format!("`last` may be at most {MAX_REPLAY}, got {n}")),
-                    ));
-                }
                 (None, Some(n)) => Start::Last(n as usize),
                 (None, None) => Start::Now,
             };
             Ok(ClientFrame::Subscribe {
                 reference,
                 start,
-                epoch: envelope.epoch,
+                epoch,
             })
         }
         Some("unsubscribe") => Ok(ClientFrame::Unsubscribe { reference }),
-        Some(other) => Err((
+        Some(other) => Err(bad(
             reference,
-            ApiError::BadFrame(format!(
+            format!(
                 "unknown frame type {other:?}: expected push, subscribe or unsubscribe \
                  (to push a blob that has a `type` field, wrap it: {{\"type\":\"push\",\"data\":…}})"
-            )),
+            ),
         )),
     }
 }
@@ -179,6 +228,23 @@ mod tests {
     }
 
     #[test]
+    fn blob_fields_named_like_command_fields_stay_a_push() {
+        for text in [
+            r#"{"timestamp":1,"epoch":1333046104}"#,
+            r#"{"timestamp":1,"last":"2012-03-29"}"#,
+            r#"{"timestamp":1,"ref":1,"ref":2}"#,
+            r#"{"timestamp":1,"type":7}"#,
+        ] {
+            match parse(text) {
+                Ok(ClientFrame::Push { blobs: Ok(b), .. }) => assert_eq!(b.len(), 1, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let (_, err) = parse(r#"{"type":"subscribe","last":-1}"#).unwrap_err();
+        assert!(err.to_string().contains("`last`"), "{err}");
+    }
+
+    #[test]
     fn commands_and_their_errors() {
         match parse(r#"{"type":"subscribe","since":"3-abc","epoch":"e"}"#).unwrap() {
             ClientFrame::Subscribe { start, epoch, .. } => {
@@ -190,8 +256,14 @@ mod tests {
         let (reference, err) = parse(r#"{"type":"dance","ref":7}"#).unwrap_err();
         assert_eq!(reference.unwrap().get(), "7");
         assert!(err.to_string().contains("unknown frame type \"dance\""));
-        let (_, err) = parse("{nope").unwrap_err();
-        assert!(err.to_string().contains("JSON syntax error"));
+        match parse("{nope") {
+            Ok(ClientFrame::Push {
+                blobs: Err(err), ..
+            }) => {
+                assert!(err.to_string().contains("JSON syntax error"), "{err}")
+            }
+            other => panic!("{other:?}"),
+        }
         let (_, err) = parse("42").unwrap_err();
         assert_eq!(err.code(), "bad_frame");
     }
