@@ -76,6 +76,7 @@ impl ApiError {
             ApiError::Write(WriteError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
                 StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 StoreError::BadSeq(_) => StatusCode::BAD_REQUEST,
                 StoreError::EpochMismatch { .. } => StatusCode::CONFLICT,
             },
@@ -96,6 +97,7 @@ impl ApiError {
             ApiError::Write(WriteError::ShuttingDown) => "shutting_down",
             ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
                 StoreError::Unavailable(_) => "store_unavailable",
+                StoreError::Refused(_) => "refused",
                 StoreError::BadSeq(_) => "bad_seq",
                 StoreError::EpochMismatch { .. } => "epoch_mismatch",
             },

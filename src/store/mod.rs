@@ -100,6 +100,10 @@ pub enum StoreError {
     /// The store cannot be reached or failed; the message holds no secret.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The store refused this blob for good (CouchDB: a validation
+    /// function, a size limit); retrying will not help.
+    #[error("{0}")]
+    Refused(String),
     /// A `since` that this store cannot have produced.
     #[error("`since` {0} is not a seq of this store")]
     BadSeq(String),
@@ -132,7 +136,8 @@ pub trait Store: Send + Sync + 'static {
         int_seq(seq).map(|_| ())
     }
 
-    /// Stores blobs durably, all or none, then publishes their changes.
+    /// Stores blobs durably, all or none, then publishes their changes
+    /// (stores whose feed is external, like CouchDB, publish nothing here).
     async fn write(&self, blobs: Vec<Blob>) -> Result<(), StoreError>;
 
     /// Stores blobs and tells, blob by blob, which were stored; the batcher

@@ -176,7 +176,7 @@ impl CouchStore {
                             DocOutcome::Stored => {}
                             DocOutcome::Retry(_) => to_spool.push(offset + i),
                             DocOutcome::Refused(reason) => {
-                                results[offset + i] = Err(StoreError::Unavailable(format!(
+                                results[offset + i] = Err(StoreError::Refused(format!(
                                     "CouchDB refused blob {}: {reason}",
                                     answer.id
                                 )));
@@ -191,11 +191,12 @@ impl CouchStore {
                     }
                     to_spool.extend(offset..offset + chunk.len());
                 }
+                // Any other failure of a whole chunk (bad credentials, an
+                // answer we cannot read) has an unknown outcome: spooling is
+                // safe, since our ids make a repeat a conflict, not a copy.
                 Err(e) => {
-                    let e = unavailable(e);
-                    for r in &mut results[offset..offset + chunk.len()] {
-                        *r = Err(e.clone());
-                    }
+                    tracing::error!("{e}; spooling {} blobs", chunk.len());
+                    to_spool.extend(offset..offset + chunk.len());
                 }
             }
             offset += chunk.len();
@@ -503,7 +504,11 @@ impl Store for CouchStore {
     }
 
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
+        // Deleted blobs must reach the caller: a failure after some rounds
+        // returns what was taken (the rest stays stored) instead of an error
+        // that would drop them.
         let mut taken = Vec::new();
+        let mut failure: Option<StoreError> = None;
         let mut remaining = query.limit.unwrap_or(u64::MAX);
         while remaining > 0 {
             let want = remaining.min(SMASH_PAGE as u64) as usize;
@@ -525,34 +530,52 @@ impl Store for CouchStore {
             if let Some(last) = last {
                 params.push(("endkey", last.to_string().into()));
             }
-            let bytes = self
-                .shared
-                .couch
-                .view_all(&params)
-                .await
-                .map_err(unavailable)?;
-            let rows = Couch::rows(&bytes).map_err(unavailable)?;
+            let bytes = match self.shared.couch.view_all(&params).await {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    failure = Some(unavailable(e));
+                    break;
+                }
+            };
+            let rows = match Couch::rows(&bytes) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    failure = Some(unavailable(e));
+                    break;
+                }
+            };
             if rows.is_empty() {
                 break;
             }
             let mut candidates = Vec::with_capacity(rows.len());
             for row in &rows {
                 let Some(raw) = row.doc else { continue };
-                let (doc, rev) = blob_doc(raw.get()).map_err(unavailable)?;
-                if let Some(rev) = rev {
-                    candidates.push((row.id.clone(), rev, doc));
+                match blob_doc(raw.get()) {
+                    Ok((doc, Some(rev))) => candidates.push((row.id.clone(), rev, doc)),
+                    Ok((_, None)) => {}
+                    Err(e) => {
+                        failure.get_or_insert(unavailable(e));
+                    }
                 }
             }
             let pairs: Vec<(String, String)> = candidates
                 .iter()
                 .map(|(id, rev, _)| (id.clone(), rev.clone()))
                 .collect();
-            let answers = self
-                .shared
-                .couch
-                .bulk_delete(&pairs)
-                .await
-                .map_err(unavailable)?;
+            let answers = match self.shared.couch.bulk_delete(&pairs).await {
+                Ok(answers) => answers,
+                Err(e) => {
+                    // Unknown outcome: CouchDB may have deleted them.
+                    let ids: Vec<&str> = pairs.iter().map(|(id, _)| id.as_str()).collect();
+                    tracing::error!(
+                        ?ids,
+                        "smash: no answer to the deletion of {} blobs, which may be gone unreturned: {e}",
+                        ids.len()
+                    );
+                    failure = Some(unavailable(e));
+                    break;
+                }
+            };
             for ((_, _, doc), answer) in candidates.into_iter().zip(answers) {
                 match answer.error.as_deref() {
                     // Ours: the deletion of this revision went through.
@@ -568,8 +591,9 @@ impl Store for CouchStore {
                     }
                     // Another smash deleted it first: theirs, not ours.
                     Some("conflict") | Some("not_found") => {}
+                    // Not deleted: it stays stored and is not returned.
                     Some(e) => {
-                        return Err(StoreError::Unavailable(format!(
+                        failure.get_or_insert(StoreError::Unavailable(format!(
                             "CouchDB refused to delete {}: {e}",
                             answer.id
                         )));
@@ -580,7 +604,14 @@ impl Store for CouchStore {
                 break;
             }
         }
-        Ok(taken)
+        match failure {
+            Some(e) if taken.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!("smash returns {} blobs and stops early: {e}", taken.len());
+                Ok(taken)
+            }
+            None => Ok(taken),
+        }
     }
 }
 
