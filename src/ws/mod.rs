@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::get;
 use futures::future::BoxFuture;
-use futures::stream::{FuturesUnordered, SplitSink};
+use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -267,7 +267,7 @@ async fn serve(
         End::TooSlow if shutdown.is_cancelled() => End::Shutdown,
         other => other,
     };
-    conn.finish(end).await;
+    conn.finish(end, stream).await;
 }
 
 /// Waits for the subscription's next changes; never resolves without one.
@@ -424,7 +424,7 @@ impl Conn {
     }
 
     /// Says goodbye the way `end` calls for.
-    async fn finish(mut self, end: End) {
+    async fn finish(mut self, end: End, mut stream: SplitStream<WebSocket>) {
         let close = |code: u16, reason: String| {
             Message::Close(Some(CloseFrame {
                 code,
@@ -468,6 +468,19 @@ impl Conn {
                 close(CLOSE_TOO_SLOW, reason)
             }
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.send(frame)).await;
+        let closing = async {
+            if self.sink.send(frame).await.is_err() {
+                return;
+            }
+            // Finish the closing handshake: read (and drop) what the peer
+            // still sends until its close. Closing a socket with unread
+            // data would reset it, and the peer could lose our close frame.
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
     }
 }
