@@ -45,21 +45,6 @@ fn stop_and_logs(server: &mut Server) -> String {
     wait_for_log(server, "stopped")
 }
 
-async fn post(server: &Server, data: &str) -> reqwest::Response {
-    http()
-        .post(server.url("/wsapi/interaction_data"))
-        .form(&[("data", data)])
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn get_json(server: &Server, path: &str) -> Value {
-    let res = http().get(server.url(path)).send().await.unwrap();
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.unwrap()
-}
-
 #[test]
 fn a_bad_value_stops_the_start_naming_the_variable_and_what_it_accepts() {
     let cases = [
@@ -117,9 +102,12 @@ async fn the_start_up_line_names_backend_database_and_address() {
 
 /// Posts, reads and fails a request, so that a verbose server has something to say.
 async fn some_requests(server: &Server) {
-    assert_eq!(post(server, r#"{"timestamp":1}"#).await.status(), 201);
-    assert_eq!(post(server, r#"{"timestamp":"soon"}"#).await.status(), 400);
-    get_json(server, "/wsapi/interaction_data").await;
+    assert_eq!(server.post_form(r#"{"timestamp":1}"#).await.status(), 201);
+    assert_eq!(
+        server.post_form(r#"{"timestamp":"soon"}"#).await.status(),
+        400
+    );
+    server.get_json("/wsapi/interaction_data").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,18 +170,24 @@ async fn the_memory_backend_warns_and_works_but_keeps_nothing() {
             .any(|l| l.contains("WARN") && l.contains("nothing is saved")),
         "{logs}"
     );
-    let res = post(&server, r#"[{"timestamp":7,"a":1},{"timestamp":8,"a":2}]"#).await;
+    let res = server
+        .post_form(r#"[{"timestamp":7,"a":1},{"timestamp":8,"a":2}]"#)
+        .await;
     assert_eq!(res.status(), 201);
     let ack: Value = res.json().await.unwrap();
     let id = ack["ids"][0].as_str().unwrap();
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(2)
     );
-    let all = get_json(&server, "/wsapi/interaction_data?start=7&end=8").await;
+    let all = server
+        .get_json("/wsapi/interaction_data?start=7&end=8")
+        .await;
     assert_eq!(all.as_array().unwrap().len(), 2);
     assert_eq!(all[1]["a"], 2);
-    let one = get_json(&server, &format!("/wsapi/interaction_data?id={id}")).await;
+    let one = server
+        .get_json(&format!("/wsapi/interaction_data?id={id}"))
+        .await;
     assert_eq!(one["results"]["a"], 1);
     stop_and_logs(&mut server);
     // Nothing was written to DATA_DIR, and a restart starts empty.
@@ -201,7 +195,7 @@ async fn the_memory_backend_warns_and_works_but_keeps_nothing() {
     assert!(files.is_empty(), "the memory store wrote {files:?}");
     let server = Server::start_in(dir.path(), &[("DB_BACKEND", "memory")]);
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(0)
     );
 }
@@ -214,12 +208,17 @@ async fn the_dummy_backend_accepts_posts_and_returns_samples() {
         "{}",
         server.logs()
     );
-    let res = post(&server, support::FIXTURE).await;
+    let res = server.post_form(support::FIXTURE).await;
     assert_eq!(res.status(), 201);
     // Posts are still checked.
-    assert_eq!(post(&server, r#"{"no":"timestamp"}"#).await.status(), 400);
+    assert_eq!(
+        server.post_form(r#"{"no":"timestamp"}"#).await.status(),
+        400
+    );
 
-    let samples = get_json(&server, "/wsapi/interaction_data?start=1000&end=2000").await;
+    let samples = server
+        .get_json("/wsapi/interaction_data?start=1000&end=2000")
+        .await;
     let samples = samples.as_array().unwrap();
     assert!(!samples.is_empty());
     for s in samples {
@@ -232,6 +231,6 @@ async fn the_dummy_backend_accepts_posts_and_returns_samples() {
         .map(|s| s["timestamp"].as_i64().unwrap())
         .collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "oldest first: {ts:?}");
-    let limited = get_json(&server, "/wsapi/interaction_data?limit=3").await;
+    let limited = server.get_json("/wsapi/interaction_data?limit=3").await;
     assert_eq!(limited.as_array().unwrap().len(), 3);
 }

@@ -21,30 +21,6 @@ fn node(env: &[(String, String)], extra: &[(&str, &str)]) -> (Server, tempfile::
     (Server::start_in(dir.path(), &vars), dir)
 }
 
-async fn get_json(server: &Server, path: &str) -> Value {
-    let res = http().get(server.url(path)).send().await.unwrap();
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.unwrap()
-}
-
-/// Posts a JSON list of blobs; the ids.
-async fn post(server: &Server, blobs: &Value) -> Vec<String> {
-    let res = http()
-        .post(server.url("/wsapi/interaction_data"))
-        .json(blobs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
-    let ack: Value = res.json().await.unwrap();
-    ack["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// Collects the changes of `/stream` (from `since`, if given) in the background.
 struct Watch {
     changes: Arc<Mutex<Vec<Value>>>,
@@ -169,10 +145,10 @@ async fn a_database_of_the_original_works_unchanged() {
 
     let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(5)
     );
-    let all = get_json(&server, "/wsapi/interaction_data").await;
+    let all = server.get_json("/wsapi/interaction_data").await;
     let got: Vec<&str> = all
         .as_array()
         .unwrap()
@@ -199,25 +175,21 @@ async fn a_database_of_the_original_works_unchanged() {
     );
     assert!(one.contains("\"timestamp\":1333046102000"), "{one}");
     assert!(!one.contains("_rev"), "{one}");
-    let last = get_json(&server, "/wsapi/interaction_data/last").await;
+    let last = server.get_json("/wsapi/interaction_data/last").await;
     assert_eq!(last["_id"], json!(old_ids[4]));
-    let range = get_json(
-        &server,
-        "/wsapi/interaction_data?start=1333046101000&end=1333046103000",
-    )
-    .await;
+    let range = server
+        .get_json("/wsapi/interaction_data?start=1333046101000&end=1333046103000")
+        .await;
     assert_eq!(range.as_array().unwrap().len(), 3);
 
-    let new_ids = post(
-        &server,
-        &json!([{"timestamp": 1_333_046_200_000i64, "k": 1}, {"timestamp": 1}]),
-    )
-    .await;
+    let new_ids = server
+        .store(&json!([{"timestamp": 1_333_046_200_000i64, "k": 1}, {"timestamp": 1}]))
+        .await;
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(7)
     );
-    let all = get_json(&server, "/wsapi/interaction_data").await;
+    let all = server.get_json("/wsapi/interaction_data").await;
     assert_eq!(all[0]["_id"], json!(new_ids[1]));
     assert_eq!(all[6]["_id"], json!(new_ids[0]));
     let missing = http()
@@ -240,7 +212,7 @@ async fn start_creates_the_database_and_fails_clearly_without_leaking_the_passwo
     {
         let (server, _dir) = node(&pouch.env("fresh_db"), &[]);
         assert_eq!(
-            get_json(&server, "/wsapi/interaction_data/count").await,
+            server.get_json("/wsapi/interaction_data/count").await,
             json!(0)
         );
         assert_eq!(pouch.call("GET", "/fresh_db/_design/data", "").0, 200);
@@ -248,7 +220,7 @@ async fn start_creates_the_database_and_fails_clearly_without_leaking_the_passwo
         // A second node on the same database finds it (412/409 mean "exists").
         let (second, _dir2) = node(&pouch.env("fresh_db"), &[]);
         assert_eq!(
-            get_json(&second, "/wsapi/interaction_data/count").await,
+            second.get_json("/wsapi/interaction_data/count").await,
             json!(0)
         );
     }
@@ -300,9 +272,10 @@ async fn ranges_page_through_ties_and_two_smashes_never_share_a_blob() {
         let blobs: Vec<Value> = (0..200)
             .map(|i| json!({"timestamp": (chunk * 200 + i) / 4, "n": chunk * 200 + i}))
             .collect();
-        posted.extend(post(if chunk % 2 == 0 { &a } else { &b }, &Value::Array(blobs)).await);
+        let node = if chunk % 2 == 0 { &a } else { &b };
+        posted.extend(node.store(&Value::Array(blobs)).await);
     }
-    let all = get_json(&a, "/wsapi/interaction_data").await;
+    let all = a.get_json("/wsapi/interaction_data").await;
     let all = all.as_array().unwrap();
     assert_eq!(all.len(), 2400);
     let ids: HashSet<&str> = all.iter().map(|d| d["_id"].as_str().unwrap()).collect();
@@ -311,11 +284,9 @@ async fn ranges_page_through_ties_and_two_smashes_never_share_a_blob() {
         all.windows(2)
             .all(|w| w[0]["timestamp"].as_i64() <= w[1]["timestamp"].as_i64())
     );
-    let desc = get_json(
-        &b,
-        "/wsapi/interaction_data?descending=true&limit=1500&end=500",
-    )
-    .await;
+    let desc = b
+        .get_json("/wsapi/interaction_data?descending=true&limit=1500&end=500")
+        .await;
     let desc = desc.as_array().unwrap();
     assert_eq!(desc.len(), 1500);
     assert_eq!(desc[0]["timestamp"], json!(500));
@@ -353,11 +324,12 @@ async fn ranges_page_through_ties_and_two_smashes_never_share_a_blob() {
         "every blob in range went to exactly one smash"
     );
     assert_eq!(
-        get_json(&a, "/wsapi/interaction_data/count").await,
+        a.get_json("/wsapi/interaction_data/count").await,
         json!(1000)
     );
     assert_eq!(
-        get_json(&b, "/wsapi/interaction_data?start=100&end=449").await,
+        b.get_json("/wsapi/interaction_data?start=100&end=449")
+            .await,
         json!([])
     );
 }
@@ -370,13 +342,10 @@ async fn a_blob_posted_to_one_node_reaches_the_subscribers_of_every_node() {
     let (b, _db) = node(&env, &[]);
     let watch_a = Watch::start(&a, None).await;
     let watch_b = Watch::start(&b, None).await;
-    let mut ids = post(&a, &json!([{"timestamp": 10, "via": "a"}])).await;
+    let mut ids = a.store(&json!([{"timestamp": 10, "via": "a"}])).await;
     ids.extend(
-        post(
-            &b,
-            &json!([{"timestamp": 20, "via": "b"}, {"timestamp": 30}]),
-        )
-        .await,
+        b.store(&json!([{"timestamp": 20, "via": "b"}, {"timestamp": 30}]))
+            .await,
     );
     watch_b.wait_for(&ids, Duration::from_secs(15)).await;
     watch_a.wait_for(&ids, Duration::from_secs(15)).await;
@@ -384,17 +353,11 @@ async fn a_blob_posted_to_one_node_reaches_the_subscribers_of_every_node() {
     watch_b.assert_once();
     let doc = watch_b.changes.lock().unwrap()[0]["doc"].clone();
     assert_eq!(doc, json!({"_id": ids[0], "timestamp": 10, "via": "a"}));
+    assert_eq!(a.get_json("/wsapi/interaction_data/count").await, json!(3));
+    assert_eq!(b.get_json("/wsapi/interaction_data/count").await, json!(3));
     assert_eq!(
-        get_json(&a, "/wsapi/interaction_data/count").await,
-        json!(3)
-    );
-    assert_eq!(
-        get_json(&b, "/wsapi/interaction_data/count").await,
-        json!(3)
-    );
-    assert_eq!(
-        get_json(&a, "/wsapi/interaction_data?start=15").await,
-        get_json(&b, "/wsapi/interaction_data?start=15").await
+        a.get_json("/wsapi/interaction_data?start=15").await,
+        b.get_json("/wsapi/interaction_data?start=15").await
     );
 }
 
@@ -410,7 +373,7 @@ async fn couchdb_3_dialect_opaque_seqs_last_seq_and_lines_cut_short() {
     let watch = Watch::start(&server, None).await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.extend(post(&server, &json!({"timestamp": i})).await);
+        ids.extend(server.store(&json!({"timestamp": i})).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     watch.wait_for(&ids, Duration::from_secs(30)).await;
@@ -465,11 +428,9 @@ async fn couchdb_killed_and_restarted_under_load_loses_and_repeats_nothing() {
                 let mut n = 0;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     ids.extend(
-                        post(
-                            &server,
-                            &json!([{"timestamp": n, "p": p}, {"timestamp": n + 1, "p": p}]),
-                        )
-                        .await,
+                        server
+                            .store(&json!([{"timestamp": n, "p": p}, {"timestamp": n + 1, "p": p}]))
+                            .await,
                     );
                     n += 2;
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -497,7 +458,7 @@ async fn couchdb_killed_and_restarted_under_load_loses_and_repeats_nothing() {
     );
     watch.wait_for(&acked, Duration::from_secs(30)).await;
     watch.assert_once();
-    let count = get_json(&server, "/wsapi/interaction_data/count").await;
+    let count = server.get_json("/wsapi/interaction_data/count").await;
     assert_eq!(
         count,
         json!(acked.len()),
@@ -510,14 +471,14 @@ async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_i
     let pouch = Pouch::start(true);
     let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
     let watch = Watch::start(&server, None).await;
-    let first = post(&server, &json!({"timestamp": 1})).await;
+    let first = server.store(&json!({"timestamp": 1})).await;
     watch.wait_for(&first, Duration::from_secs(15)).await;
     let epoch_before = pouch.call("GET", "/bid_kpi/_local/kpiggybank", "").1;
 
     assert_eq!(pouch.call("DELETE", "/bid_kpi", "").0, 200);
     // Blobs posted now are spooled until the database is back.
-    let mut later = post(&server, &json!({"timestamp": 2})).await;
-    later.extend(post(&server, &json!({"timestamp": 3})).await);
+    let mut later = server.store(&json!({"timestamp": 2})).await;
+    later.extend(server.store(&json!({"timestamp": 3})).await);
     watch.wait_for(&later, Duration::from_secs(30)).await;
     watch.assert_once();
     assert_ne!(
@@ -525,7 +486,7 @@ async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_i
         epoch_before
     );
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(2)
     );
     assert!(

@@ -8,21 +8,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{FIXTURE, Server, http};
 
-async fn post_form(server: &Server, data: &str) -> reqwest::Response {
-    http()
-        .post(server.url("/wsapi/interaction_data"))
-        .form(&[("data", data)])
-        .send()
-        .await
-        .unwrap()
-}
-
-async fn get_json(server: &Server, path: &str) -> Value {
-    let res = http().get(server.url(path)).send().await.unwrap();
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.unwrap()
-}
-
 async fn error_of(res: reqwest::Response, status: u16) -> String {
     assert_eq!(res.status(), status);
     let body: Value = res.json().await.unwrap();
@@ -32,7 +17,7 @@ async fn error_of(res: reqwest::Response, status: u16) -> String {
 #[tokio::test]
 async fn the_original_form_post_stores_the_fixture_verbatim() {
     let (server, _dir) = Server::start(&[]);
-    let res = post_form(&server, FIXTURE).await;
+    let res = server.post_form(FIXTURE).await;
     assert_eq!(res.status(), 201);
     let ack: Value = res.json().await.unwrap();
     let id = ack["ids"][0].as_str().unwrap().to_string();
@@ -106,7 +91,7 @@ async fn json_bodies_lists_and_number_fidelity() {
         .unwrap();
     assert_eq!(res.status(), 201);
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(3)
     );
 }
@@ -117,14 +102,18 @@ async fn ranges_limits_order_count_and_last() {
     let blobs: Vec<Value> = (0..101)
         .map(|i| json!({"timestamp": 1000 + i, "i": i}))
         .collect();
-    let res = post_form(&server, &serde_json::to_string(&blobs).unwrap()).await;
+    let res = server
+        .post_form(&serde_json::to_string(&blobs).unwrap())
+        .await;
     assert_eq!(res.status(), 201);
 
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(101)
     );
-    let closed = get_json(&server, "/wsapi/interaction_data?start=1010&end=1019").await;
+    let closed = server
+        .get_json("/wsapi/interaction_data?start=1010&end=1019")
+        .await;
     let is: Vec<i64> = closed
         .as_array()
         .unwrap()
@@ -132,14 +121,16 @@ async fn ranges_limits_order_count_and_last() {
         .map(|b| b["i"].as_i64().unwrap())
         .collect();
     assert_eq!(is, (10..20).collect::<Vec<_>>());
-    let open = get_json(&server, "/wsapi/interaction_data?start=1091").await;
+    let open = server.get_json("/wsapi/interaction_data?start=1091").await;
     assert_eq!(open.as_array().unwrap().len(), 10);
-    let open_end = get_json(&server, "/wsapi/interaction_data?end=1009").await;
+    let open_end = server.get_json("/wsapi/interaction_data?end=1009").await;
     assert_eq!(open_end.as_array().unwrap().len(), 10);
-    let all = get_json(&server, "/wsapi/interaction_data").await;
+    let all = server.get_json("/wsapi/interaction_data").await;
     assert_eq!(all.as_array().unwrap().len(), 101);
 
-    let newest = get_json(&server, "/wsapi/interaction_data?descending=true&limit=3").await;
+    let newest = server
+        .get_json("/wsapi/interaction_data?descending=true&limit=3")
+        .await;
     let is: Vec<i64> = newest
         .as_array()
         .unwrap()
@@ -147,9 +138,9 @@ async fn ranges_limits_order_count_and_last() {
         .map(|b| b["i"].as_i64().unwrap())
         .collect();
     assert_eq!(is, vec![100, 99, 98]);
-    let last = get_json(&server, "/wsapi/interaction_data/last").await;
+    let last = server.get_json("/wsapi/interaction_data/last").await;
     assert_eq!(last["i"], 100);
-    let none = get_json(&server, "/wsapi/interaction_data?start=5000").await;
+    let none = server.get_json("/wsapi/interaction_data?start=5000").await;
     assert_eq!(none, json!([]));
 }
 
@@ -164,7 +155,7 @@ async fn a_large_range_streams_across_pages() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let all = get_json(&server, "/wsapi/interaction_data").await;
+    let all = server.get_json("/wsapi/interaction_data").await;
     let is: Vec<i64> = all
         .as_array()
         .unwrap()
@@ -172,11 +163,9 @@ async fn a_large_range_streams_across_pages() {
         .map(|b| b["i"].as_i64().unwrap())
         .collect();
     assert_eq!(is, (0..2500).collect::<Vec<_>>());
-    let limited = get_json(
-        &server,
-        "/wsapi/interaction_data?limit=1500&descending=true",
-    )
-    .await;
+    let limited = server
+        .get_json("/wsapi/interaction_data?limit=1500&descending=true")
+        .await;
     let is: Vec<i64> = limited
         .as_array()
         .unwrap()
@@ -205,7 +194,7 @@ async fn bad_posts_get_a_400_that_names_the_problem_and_store_nothing() {
         ),
     ];
     for (data, needle) in cases {
-        let msg = error_of(post_form(&server, data).await, 400).await;
+        let msg = error_of(server.post_form(data).await, 400).await;
         assert!(msg.contains(needle), "{data}: {msg}");
     }
     let res = http()
@@ -217,7 +206,7 @@ async fn bad_posts_get_a_400_that_names_the_problem_and_store_nothing() {
     assert!(error_of(res, 400).await.contains("missing `data`"));
     // The all-or-nothing list left nothing behind, and the server is still up.
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(0)
     );
     let pong = http()
@@ -266,7 +255,7 @@ async fn bad_query_parameters_unknown_routes_and_missing_ids() {
 async fn too_large_bodies_get_413() {
     let (server, _dir) = Server::start(&[("MAX_BODY_BYTES", "2048")]);
     let big = json!({"timestamp": 1, "pad": "x".repeat(4000)}).to_string();
-    let msg = error_of(post_form(&server, &big).await, 413).await;
+    let msg = error_of(server.post_form(&big).await, 413).await;
     assert!(msg.contains("2048"), "{msg}");
     // Chunked, without a Content-Length: still refused.
     let chunks = futures::stream::iter(
@@ -281,7 +270,7 @@ async fn too_large_bodies_get_413() {
         .unwrap();
     assert_eq!(res.status(), 413);
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(0)
     );
 }
@@ -289,21 +278,20 @@ async fn too_large_bodies_get_413() {
 #[tokio::test]
 async fn a_full_quota_answers_507_and_reads_keep_working() {
     let (server, _dir) = Server::start(&[("STORAGE_QUOTA_BYTES", "300")]);
-    let res = post_form(
-        &server,
-        r#"{"timestamp":1,"pad":"0123456789012345678901234567890123456789"}"#,
-    )
-    .await;
+    let res = server
+        .post_form(r#"{"timestamp":1,"pad":"0123456789012345678901234567890123456789"}"#)
+        .await;
     assert_eq!(res.status(), 201);
     let big = json!({"timestamp": 2, "pad": "y".repeat(400)}).to_string();
-    let msg = error_of(post_form(&server, &big).await, 507).await;
+    let msg = error_of(server.post_form(&big).await, 507).await;
     assert!(msg.contains("quota"), "{msg}");
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         json!(1)
     );
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data")
+        server
+            .get_json("/wsapi/interaction_data")
             .await
             .as_array()
             .unwrap()
@@ -389,7 +377,8 @@ async fn the_stream_relays_new_blobs_with_heartbeats_and_resumes_by_seq() {
     assert_eq!(lines.next_line().await, "");
 
     assert_eq!(
-        post_form(&server, r#"{"timestamp":1,"n":"first"}"#)
+        server
+            .post_form(r#"{"timestamp":1,"n":"first"}"#)
             .await
             .status(),
         201
@@ -401,7 +390,8 @@ async fn the_stream_relays_new_blobs_with_heartbeats_and_resumes_by_seq() {
 
     for n in 0..5 {
         assert_eq!(
-            post_form(&server, &format!(r#"{{"timestamp":2,"n":{n}}}"#))
+            server
+                .post_form(&format!(r#"{{"timestamp":2,"n":{n}}}"#))
                 .await
                 .status(),
             201
@@ -420,7 +410,8 @@ async fn the_stream_relays_new_blobs_with_heartbeats_and_resumes_by_seq() {
         assert_eq!(resumed.next_change().await["doc"]["n"], n);
     }
     assert_eq!(
-        post_form(&server, r#"{"timestamp":3,"n":"live"}"#)
+        server
+            .post_form(r#"{"timestamp":3,"n":"live"}"#)
             .await
             .status(),
         201

@@ -52,12 +52,6 @@ async fn post_form(client: &reqwest::Client, server: &Server, data: &str) -> req
         .unwrap()
 }
 
-async fn get_json(server: &Server, path: &str) -> Value {
-    let res = http().get(server.url(path)).send().await.unwrap();
-    assert_eq!(res.status(), 200, "GET {path}");
-    res.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_login_sequences_from_concurrent_clients_stored_and_retrieved() {
     const BLOBS: u64 = 1000;
@@ -129,10 +123,10 @@ async fn a_thousand_login_sequences_from_concurrent_clients_stored_and_retrieved
 
     // And all of them in one range, oldest first, each once.
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
+        server.get_json("/wsapi/interaction_data/count").await,
         BLOBS
     );
-    let all = get_json(&server, "/wsapi/interaction_data").await;
+    let all = server.get_json("/wsapi/interaction_data").await;
     let all = all.as_array().unwrap();
     let ts: Vec<i64> = all
         .iter()
@@ -153,10 +147,7 @@ async fn a_hundred_and_one_sequential_timestamps_count_and_ranges() {
         let res = post_form(&client, &server, &login_blob(T0 + n, n as u64).to_string()).await;
         assert_eq!(res.status(), 201);
     }
-    assert_eq!(
-        get_json(&server, "/wsapi/interaction_data/count").await,
-        101
-    );
+    assert_eq!(server.get_json("/wsapi/interaction_data/count").await, 101);
     let timestamps = |v: Value| -> Vec<i64> {
         v.as_array()
             .unwrap()
@@ -164,21 +155,21 @@ async fn a_hundred_and_one_sequential_timestamps_count_and_ranges() {
             .map(|b| b["timestamp"].as_i64().unwrap())
             .collect()
     };
-    let closed = get_json(
-        &server,
-        &format!("/wsapi/interaction_data?start={}&end={}", T0 + 10, T0 + 19),
-    )
-    .await;
+    let closed = server
+        .get_json(&format!(
+            "/wsapi/interaction_data?start={}&end={}",
+            T0 + 10,
+            T0 + 19
+        ))
+        .await;
     assert_eq!(
         timestamps(closed),
         (T0 + 10..T0 + 20).collect::<Vec<_>>(),
         "a closed range of 10"
     );
-    let open = get_json(
-        &server,
-        &format!("/wsapi/interaction_data?start={}", T0 + 91),
-    )
-    .await;
+    let open = server
+        .get_json(&format!("/wsapi/interaction_data?start={}", T0 + 91))
+        .await;
     assert_eq!(
         timestamps(open),
         (T0 + 91..T0 + 101).collect::<Vec<_>>(),
@@ -258,7 +249,7 @@ async fn ill_formed_posts_are_answered_400_and_the_server_stays_up() {
     assert_eq!(pong, "pong");
     let res = post_form(&client, &server, &login_blob(T0, 1).to_string()).await;
     assert_eq!(res.status(), 201);
-    assert_eq!(get_json(&server, "/wsapi/interaction_data/count").await, 1);
+    assert_eq!(server.get_json("/wsapi/interaction_data/count").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +264,7 @@ async fn the_test_database_is_deleted_by_the_suite() {
     );
     let res = post_form(&http(), &server, support::FIXTURE).await;
     assert_eq!(res.status(), 201);
-    assert_eq!(get_json(&server, "/wsapi/interaction_data/count").await, 1);
+    assert_eq!(server.get_json("/wsapi/interaction_data/count").await, 1);
 
     // In the end: stop the server as the original did (SIGINT), delete the database.
     let status = server.signal_and_wait("INT");
@@ -282,9 +273,9 @@ async fn the_test_database_is_deleted_by_the_suite() {
 
     // A fresh start finds an empty database, under a new epoch.
     let server = start_test_db(dir.path());
-    assert_eq!(get_json(&server, "/wsapi/interaction_data/count").await, 0);
+    assert_eq!(server.get_json("/wsapi/interaction_data/count").await, 0);
     assert_eq!(
-        get_json(&server, "/wsapi/interaction_data").await,
+        server.get_json("/wsapi/interaction_data").await,
         Value::Array(vec![])
     );
     drop(server);

@@ -49,16 +49,6 @@ async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
-async fn post(server: &Server, blobs: Value) {
-    let res = http()
-        .post(server.url("/wsapi/interaction_data"))
-        .json(&blobs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-}
-
 async fn stats(server: &Server) -> Value {
     http()
         .get(server.url("/wsapi/stats"))
@@ -181,15 +171,8 @@ async fn bad_frames_get_error_frames_and_the_socket_stays_usable() {
 #[tokio::test]
 async fn subscribe_live_replay_and_resume_without_loss() {
     let (server, _dir) = Server::start(&[]);
-    post(
-        &server,
-        json!(
-            (0..10)
-                .map(|i| json!({"timestamp": i, "i": i}))
-                .collect::<Vec<_>>()
-        ),
-    )
-    .await;
+    let blobs: Vec<Value> = (0..10).map(|i| json!({"timestamp": i, "i": i})).collect();
+    server.store(&json!(blobs)).await;
 
     // A fresh dashboard: the last 7, oldest first, then live.
     let mut dash = connect(&server, "/wsapi/ws").await;
@@ -208,7 +191,7 @@ async fn subscribe_live_replay_and_resume_without_loss() {
         assert_eq!(change["doc"]["i"], i);
         seqs.push(change["seq"].clone());
     }
-    post(&server, json!({"timestamp": 10, "i": 10})).await;
+    server.store(&json!({"timestamp": 10, "i": 10})).await;
     assert_eq!(recv(&mut dash).await["doc"]["i"], 10);
 
     // Resume after the 5th blob on a new socket: 6..=10 exactly once, then live.
@@ -221,7 +204,7 @@ async fn subscribe_live_replay_and_resume_without_loss() {
     for i in 6..=10 {
         assert_eq!(recv(&mut again).await["doc"]["i"], i);
     }
-    post(&server, json!({"timestamp": 11, "i": 11})).await;
+    server.store(&json!({"timestamp": 11, "i": 11})).await;
     assert_eq!(recv(&mut again).await["doc"]["i"], 11);
     assert_eq!(recv(&mut dash).await["doc"]["i"], 11);
 
@@ -238,7 +221,7 @@ async fn subscribe_live_replay_and_resume_without_loss() {
     // Unsubscribe stops the feed.
     send(&mut again, json!({"type": "unsubscribe", "ref": 9})).await;
     assert_eq!(recv_type(&mut again, "unsubscribed").await["ref"], 9);
-    post(&server, json!({"timestamp": 12, "i": 12})).await;
+    server.store(&json!({"timestamp": 12, "i": 12})).await;
     send(
         &mut again,
         json!({"type": "push", "ref": "probe", "data": {"timestamp": 13}}),
@@ -448,7 +431,7 @@ async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
                 blob
             })
             .collect();
-        post(&server, json!(blobs)).await;
+        server.store(&json!(blobs)).await;
         let sent = Instant::now();
         send(
             &mut prober,

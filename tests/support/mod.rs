@@ -111,6 +111,48 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// POSTs `data=<JSON text>`, the original client's form.
+    pub async fn post_form(&self, data: &str) -> reqwest::Response {
+        http()
+            .post(self.url("/wsapi/interaction_data"))
+            .form(&[("data", data)])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs a JSON body to the store route.
+    pub async fn post_json(&self, body: &serde_json::Value) -> reqwest::Response {
+        http()
+            .post(self.url("/wsapi/interaction_data"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stores a blob or a list (JSON body), expects 201, returns the ids.
+    pub async fn store(&self, body: &serde_json::Value) -> Vec<String> {
+        let res = self.post_json(body).await;
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        assert_eq!(status, 201, "{text}");
+        let ack: serde_json::Value = serde_json::from_str(&text).unwrap();
+        ack["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| id.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// GETs `path`, expects 200, returns the JSON answer.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let res = http().get(self.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.json().await.unwrap()
+    }
+
     /// `ws://addr` + `path`.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
