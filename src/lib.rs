@@ -21,8 +21,10 @@
 //! - [`ws`]: the WebSocket endpoint: push and subscribe on one socket.
 //! - [`error`]: every error a client can see, turned into an answer in one place.
 //! - [`server`]: wires the parts together, serves, shuts down gracefully.
+//! - [`bench`]: the load generator behind `kpiggybank-bench` (docs/benchmarks.md).
 
 pub mod batcher;
+pub mod bench;
 pub mod blob;
 pub mod config;
 pub mod error;

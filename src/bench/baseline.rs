@@ -1,0 +1,307 @@
+//! Baselines measured in the same run as the server: a bare axum handler
+//! (HTTP POST → 201, WebSocket push → ack, a plain broadcast fan-out), run as
+//! a separate process like the server, and CouchDB written to directly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::broadcast;
+
+use super::client::{self, HttpConn};
+use super::ingest::{BuildRequest, POOL, Payload};
+use super::process::{Proc, TempDir, free_port};
+
+/// Changes the bare fan-out keeps for subscribers that are behind (the
+/// server's ring holds as many).
+const BARE_RING: usize = 16_384;
+
+/// Same per-connection buffers as the server's WebSocket, so the idle-memory
+/// baseline is the floor for the same settings.
+const BARE_WS_READ_BUFFER: usize = 4 * 1024;
+const BARE_WS_WRITE_BUFFER: usize = 16 * 1024;
+
+/// How long pouchdb-server may take to answer after it starts.
+const COUCH_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+struct Bare {
+    changes: broadcast::Sender<Utf8Bytes>,
+    seq: Arc<AtomicU64>,
+}
+
+/// Runs the bare baseline server until SIGTERM: the hidden `baseline-server`
+/// subcommand, a multi-threaded tokio runtime like the server's.
+pub fn serve() -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    runtime.block_on(async {
+        let state = Bare {
+            changes: broadcast::channel(BARE_RING).0,
+            seq: Arc::new(AtomicU64::new(0)),
+        };
+        let app = Router::new()
+            .route("/wsapi/interaction_data", post(bare_post))
+            .route("/wsapi/ws", get(bare_ws))
+            .with_state(state);
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("baseline-server: cannot listen: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().expect("bound address");
+        eprintln!("baseline-server listening on http://{addr}");
+        let stop = async {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
+                term.recv().await;
+            }
+        };
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await;
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+/// Reads the whole body, answers 201: the ceiling for HTTP ingest.
+async fn bare_post(body: Bytes) -> impl IntoResponse {
+    std::hint::black_box(&body);
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"ok":true,"ids":[]}"#,
+    )
+}
+
+async fn bare_ws(
+    State(state): State<Bare>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> impl IntoResponse {
+    let subscribe = params.contains_key("subscribe");
+    ws.read_buffer_size(BARE_WS_READ_BUFFER)
+        .write_buffer_size(BARE_WS_WRITE_BUFFER)
+        .on_upgrade(move |socket| bare_socket(socket, state, subscribe))
+}
+
+#[derive(Deserialize)]
+struct Push<'a> {
+    #[serde(rename = "ref", borrow)]
+    reference: Option<&'a RawValue>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Answers each push with an ack and broadcasts its blobs; a subscriber
+/// forwards the broadcast. No parsing of blobs, no store: the floor.
+async fn bare_socket(mut socket: WebSocket, state: Bare, subscribe: bool) {
+    let mut changes = subscribe.then(|| state.changes.subscribe());
+    if subscribe
+        && socket
+            .send(Message::Text(r#"{"type":"subscribed"}"#.into()))
+            .await
+            .is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            change = async { changes.as_mut().expect("subscribed").recv().await }, if changes.is_some() => {
+                match change {
+                    Ok(frame) => if socket.send(Message::Text(frame)).await.is_err() { return },
+                    // A lagging bare subscriber is cut off: the bench counts it as lost.
+                    Err(_) => return,
+                }
+            }
+            msg = socket.recv() => {
+                let Some(Ok(Message::Text(text))) = msg else {
+                    if matches!(msg, Some(Ok(_))) { continue }
+                    return;
+                };
+                let Ok(push) = serde_json::from_str::<Push>(text.as_str()) else { continue };
+                if let Some(data) = push.data
+                    && state.changes.receiver_count() > 0
+                {
+                    let blobs: Vec<&RawValue> = match data.get().starts_with('[') {
+                        true => serde_json::from_str(data.get()).unwrap_or_default(),
+                        false => vec![data],
+                    };
+                    for blob in blobs {
+                        let seq = state.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                        let frame = format!(
+                            r#"{{"type":"change","seq":{seq},"id":"b{seq}","doc":{}}}"#,
+                            blob.get()
+                        );
+                        let _ = state.changes.send(frame.into());
+                    }
+                }
+                let reference = push.reference.map_or("null", |r| r.get());
+                let ack = format!(r#"{{"type":"ack","ref":{reference},"ids":[]}}"#);
+                if socket.send(Message::Text(ack.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Starts the bare baseline server: this binary, re-executed.
+pub fn start_bare() -> Result<Proc, String> {
+    let me = std::env::current_exe().map_err(|e| format!("cannot find the bench binary: {e}"))?;
+    let mut cmd = Command::new(me);
+    cmd.arg("baseline-server");
+    Proc::spawn_listening("baseline-server", cmd)
+}
+
+/// A CouchDB to measure against: started pouchdb-server or one given by URL.
+pub struct Couch {
+    /// Its address.
+    pub addr: SocketAddr,
+    _proc: Option<Proc>,
+    _dir: Option<TempDir>,
+}
+
+/// Where pouchdb-server is: `--pouchdb-bin`, `$KPIGGYBANK_POUCHDB_SERVER`,
+/// or the test script's `.tools/pouchdb`.
+pub fn find_pouchdb(given: Option<&Path>) -> Option<PathBuf> {
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("KPIGGYBANK_POUCHDB_SERVER").map(PathBuf::from))
+        .or_else(|| {
+            Some(PathBuf::from(
+                ".tools/pouchdb/node_modules/.bin/pouchdb-server",
+            ))
+        })
+        .filter(|p| p.exists())
+}
+
+impl Couch {
+    /// Starts pouchdb-server in memory on a free loopback port.
+    pub async fn start(bin: &Path) -> Result<Couch, String> {
+        let dir = TempDir::new("kpiggybank-bench-couch").map_err(|e| e.to_string())?;
+        let port = free_port().map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .args(["--in-memory", "--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let proc = Proc::from_child("pouchdb-server", child, addr);
+        let deadline = Instant::now() + COUCH_START_TIMEOUT;
+        loop {
+            if let Ok(mut conn) = HttpConn::connect(addr).await
+                && let Ok(a) = conn.send(&client::get(addr, "/")).await
+                && a.status == 200
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("pouchdb-server did not answer on {addr}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Couch {
+            addr,
+            _proc: Some(proc),
+            _dir: Some(dir),
+        })
+    }
+
+    /// A CouchDB already running (anonymous admin access assumed).
+    pub fn existing(addr: SocketAddr) -> Couch {
+        Couch {
+            addr,
+            _proc: None,
+            _dir: None,
+        }
+    }
+
+    /// Creates database `name` (fine if it exists).
+    pub async fn create_db(&self, name: &str) -> Result<(), String> {
+        let mut conn = HttpConn::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = format!(
+            "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            self.addr
+        );
+        let a = conn.send(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        match a.status {
+            201 | 202 | 412 => Ok(()),
+            s => Err(format!(
+                "PUT /{name} answered {s}: {}",
+                String::from_utf8_lossy(&a.body)
+            )),
+        }
+    }
+}
+
+/// One POST per blob to `/db`, CouchDB choosing the id: the original's way.
+pub fn couch_one_per_post(addr: SocketAddr, db: &str, payload: &Payload) -> BuildRequest {
+    let requests: Vec<Bytes> = (0..POOL)
+        .map(|i| {
+            Bytes::from(client::post(
+                addr,
+                &format!("/{db}"),
+                "application/json",
+                payload.blob(i).as_bytes(),
+            ))
+        })
+        .collect();
+    Arc::new(move |i| requests[(i % POOL) as usize].clone())
+}
+
+/// `_bulk_docs` of `per_request` blobs with client-chosen ids, as the
+/// kpiggybank CouchDB backend must write them (a retry cannot duplicate).
+pub fn couch_bulk(
+    addr: SocketAddr,
+    db: &str,
+    payload: Arc<Payload>,
+    per_request: u64,
+) -> BuildRequest {
+    let path = format!("/{db}/_bulk_docs");
+    let run = std::process::id();
+    Arc::new(move |i| {
+        let mut body = String::with_capacity(per_request as usize * 760 + 16);
+        body.push_str("{\"docs\":[");
+        for j in 0..per_request {
+            if j > 0 {
+                body.push(',');
+            }
+            let blob = payload.blob(i * per_request + j);
+            body.push_str(&format!("{{\"_id\":\"bench-{run}-{i}-{j}\","));
+            body.push_str(&blob[1..]);
+        }
+        body.push_str("]}");
+        Bytes::from(client::post(
+            addr,
+            &path,
+            "application/json",
+            body.as_bytes(),
+        ))
+    })
+}
