@@ -16,6 +16,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bytes::Bytes;
+use futures::SinkExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
@@ -27,6 +28,10 @@ use super::process::{Proc, TempDir, free_port};
 /// Changes the bare fan-out keeps for subscribers that are behind (the
 /// server's ring holds as many).
 const BARE_RING: usize = 16_384;
+
+/// Most changes a bare subscriber sends under one flush (the server's hub
+/// hands out up to 1024 at once).
+const BARE_BATCH: usize = 1024;
 
 /// Same per-connection buffers as the server's WebSocket, so the idle-memory
 /// baseline is the floor for the same settings.
@@ -125,11 +130,23 @@ async fn bare_socket(mut socket: WebSocket, state: Bare, subscribe: bool) {
     loop {
         tokio::select! {
             change = async { changes.as_mut().expect("subscribed").recv().await }, if changes.is_some() => {
-                match change {
-                    Ok(frame) => if socket.send(Message::Text(frame)).await.is_err() { return },
-                    // A lagging bare subscriber is cut off: the bench counts it as lost.
-                    Err(_) => return,
+                // A lagging bare subscriber is cut off: the bench counts it as lost.
+                let Ok(frame) = change else { return };
+                // Whatever else is waiting goes out with it under one flush,
+                // as the server batches, so the floor is not a naive one.
+                let rx = changes.as_mut().expect("subscribed");
+                let mut batch = vec![frame];
+                while batch.len() < BARE_BATCH {
+                    match rx.try_recv() {
+                        Ok(frame) => batch.push(frame),
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        Err(_) => return,
+                    }
                 }
+                for frame in batch {
+                    if socket.feed(Message::Text(frame)).await.is_err() { return }
+                }
+                if socket.flush().await.is_err() { return }
             }
             msg = socket.recv() => {
                 let Some(Ok(Message::Text(text))) = msg else {

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::client;
 use super::ingest::Payload;
+use super::process::CpuMeter;
 use super::report::{Progress, ProgressLine, Row, Target, latency_text, small_histogram};
 
 /// Target: deliveries per second to 1,000 subscribers.
@@ -62,6 +63,7 @@ struct Outcome {
     acked: u64,
     errors: u64,
     first_error: Option<String>,
+    cpu: String,
 }
 
 /// The answer fields the producer reads.
@@ -83,6 +85,7 @@ fn field(text: &str, key: &str) -> Option<u64> {
 
 async fn measure(
     addr: SocketAddr,
+    pid: Option<u32>,
     args: &FanoutArgs,
     max_time: Duration,
     who: &str,
@@ -122,6 +125,7 @@ async fn measure(
     );
     let progress = line.counters();
     let clock = Instant::now();
+    let cpu = CpuMeter::start(pid);
     // The producer's final count of acknowledged blobs, once it is done.
     let (done_tx, done_rx) = watch::channel(None::<(u64, Instant)>);
     let mut tasks = Vec::with_capacity(subs.len());
@@ -198,6 +202,7 @@ async fn measure(
         acked,
         errors,
         first_error,
+        cpu: String::new(),
     };
     let mut last = clock;
     for task in tasks {
@@ -209,6 +214,7 @@ async fn measure(
         last = last.max(last_rx);
     }
     outcome.span = last - clock;
+    outcome.cpu = cpu.text();
     drop(line);
     Ok(outcome)
 }
@@ -307,7 +313,7 @@ pub async fn run(ctx: &mut super::Ctx, args: &FanoutArgs) -> Result<(), String> 
     if !ctx.common.no_baseline {
         match super::baseline::start_bare() {
             Ok(proc) => {
-                let o = measure(proc.addr, args, ctx.max_time(), "bare").await;
+                let o = measure(proc.addr, Some(proc.pid()), args, ctx.max_time(), "bare").await;
                 proc.stop();
                 let o = o?;
                 let rate = o.deliveries as f64 / o.span.as_secs_f64().max(1e-9);
@@ -326,17 +332,18 @@ pub async fn run(ctx: &mut super::Ctx, args: &FanoutArgs) -> Result<(), String> 
     }
     let env = [("MAX_CONNECTIONS", (args.subscribers + 100).to_string())];
     let server = ctx.server(&env).await?;
-    let o = measure(server.addr, args, ctx.max_time(), &server.backend).await;
+    let o = measure(server.addr, server.pid, args, ctx.max_time(), &server.backend).await;
     let name = server.backend.clone();
     server.stop();
     let o = o?;
     let rate = o.deliveries as f64 / o.span.as_secs_f64().max(1e-9);
     let mut row = Row::new(&label, &name, "deliveries/s", rate).detail(format!(
-        "{} deliveries of {} acked blobs in {:.1} s, push errors {}{}",
+        "{} deliveries of {} acked blobs in {:.1} s, push errors {}, {}{}",
         o.deliveries,
         o.acked,
         o.span.as_secs_f64(),
         o.errors,
+        o.cpu,
         o.first_error
             .map(|e| format!(" (first: {e})"))
             .unwrap_or_default()

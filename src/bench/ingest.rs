@@ -14,6 +14,7 @@ use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{self, HttpConn};
+use super::process::CpuMeter;
 use super::report::{LoadResult, Progress, histogram};
 use crate::sample::login_sequence;
 
@@ -186,6 +187,7 @@ async fn collect(
         elapsed: Duration::ZERO,
         latency: histogram(),
         first_error: None,
+        cpu: String::new(),
     };
     for task in tasks {
         match task.await {
@@ -424,6 +426,7 @@ async fn measure(
     payload: &Arc<Payload>,
     max_time: Duration,
     who: &str,
+    pid: Option<u32>,
 ) -> LoadResult {
     let batch = args.batch.max(1);
     let requests = args.blobs.div_ceil(batch);
@@ -447,7 +450,10 @@ async fn measure(
             drop(warm);
             load.requests = requests;
             let line = super::report::ProgressLine::start(&label, requests * batch, "blobs");
-            http(&load, build, line.counters()).await
+            let cpu = CpuMeter::start(pid);
+            let mut r = http(&load, build, line.counters()).await;
+            r.cpu = cpu.text();
+            r
         }
         Transport::Ws => {
             let build = push_frames(payload.clone(), batch);
@@ -469,16 +475,20 @@ async fn measure(
             drop(warm);
             load.frames = requests;
             let line = super::report::ProgressLine::start(&label, requests * batch, "blobs");
-            ws(&load, build, line.counters()).await
+            let cpu = CpuMeter::start(pid);
+            let mut r = ws(&load, build, line.counters()).await;
+            r.cpu = cpu.text();
+            r
         }
     }
 }
 
 fn detail(r: &LoadResult) -> String {
     let mut text = format!(
-        "latency p50/p99/max {}, errors {}",
+        "latency p50/p99/max {}, errors {}, {}",
         r.latency_text(),
-        r.errors
+        r.errors,
+        r.cpu
     );
     if let Some(e) = &r.first_error {
         let e: String = e.chars().take(120).collect();
@@ -503,7 +513,7 @@ pub async fn run(ctx: &mut super::Ctx, args: &IngestArgs) -> Result<(), String> 
     if !ctx.common.no_baseline {
         match super::baseline::start_bare() {
             Ok(proc) => {
-                let r = measure(proc.addr, args, &payload, max_time, "bare").await;
+                let r = measure(proc.addr, args, &payload, max_time, "bare", Some(proc.pid())).await;
                 proc.stop();
                 ctx.rows
                     .push(Row::new(&label, "bare", metric, r.rate()).detail(detail(&r)));
@@ -517,7 +527,7 @@ pub async fn run(ctx: &mut super::Ctx, args: &IngestArgs) -> Result<(), String> 
     }
 
     let server = ctx.server(&[]).await?;
-    let r = measure(server.addr, args, &payload, max_time, &server.backend).await;
+    let r = measure(server.addr, args, &payload, max_time, &server.backend, server.pid).await;
     let name = server.backend.clone();
     server.stop();
     let mut row = Row::new(&label, &name, metric, r.rate()).detail(detail(&r));

@@ -211,6 +211,13 @@ impl Ctx {
                 bin.display()
             )
         })?;
+        // Printed so that a profiler can be attached to the server by PID.
+        eprintln!(
+            "started kpiggybank (DB_BACKEND={}) pid {} on {}",
+            self.common.backend.name(),
+            proc.pid(),
+            proc.addr
+        );
         Ok(Server {
             addr: proc.addr,
             pid: Some(proc.pid()),
@@ -348,7 +355,7 @@ async fn suite(ctx: &mut Ctx, smoke: bool) -> Result<(), String> {
         ctx,
         &fanout::FanoutArgs {
             subscribers: n(1000, 5) as usize,
-            rate: n(1000, 200),
+            rate: n(1100, 200),
             seconds: n(10, 1),
             tick_ms: 5,
         },
@@ -374,7 +381,11 @@ async fn suite(ctx: &mut Ctx, smoke: bool) -> Result<(), String> {
 
     if chosen == Backend::Couchdb {
         with(ctx, Backend::Couchdb);
-        ingest::run(ctx, &http(n(32, 4) as usize, n(20_000, 400), 1)).await?;
+        // The CouchDB backend may not be merged yet: its baselines are still
+        // worth having, so a server that does not start is a note, not a failure.
+        if let Err(e) = ingest::run(ctx, &http(n(32, 4) as usize, n(20_000, 400), 1)).await {
+            ctx.notes.push(format!("CouchDB backend not measured: {e}"));
+        }
     }
     ctx.common.backend = chosen;
     Ok(())

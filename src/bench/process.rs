@@ -204,3 +204,55 @@ pub fn raise_fd_limit() -> u64 {
         lim.rlim_cur
     }
 }
+
+/// CPU time (user + system) a process has used so far, in seconds, from
+/// `/proc/PID/stat`; `None` for `self` is never the case on Linux.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks.max(1.0))
+}
+
+/// Cores used by the server and by the bench over a measured interval.
+pub struct CpuMeter {
+    server: Option<u32>,
+    start: std::time::Instant,
+    server_start: Option<f64>,
+    bench_start: Option<f64>,
+}
+
+impl CpuMeter {
+    /// Starts measuring; `server` is the server's PID when known.
+    pub fn start(server: Option<u32>) -> CpuMeter {
+        CpuMeter {
+            server,
+            start: std::time::Instant::now(),
+            server_start: server.and_then(|p| cpu_seconds(Some(p))),
+            bench_start: cpu_seconds(None),
+        }
+    }
+
+    /// `server X.XX cores, bench Y.YY cores` since the start.
+    pub fn text(&self) -> String {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-9);
+        let used = |start: Option<f64>, now: Option<f64>| match (start, now) {
+            (Some(a), Some(b)) => format!("{:.2}", (b - a) / secs),
+            _ => "?".into(),
+        };
+        format!(
+            "cpu: server {} cores, bench {} cores",
+            used(self.server_start, self.server.and_then(|p| cpu_seconds(Some(p)))),
+            used(self.bench_start, cpu_seconds(None))
+        )
+    }
+}

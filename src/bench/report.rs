@@ -34,6 +34,8 @@ pub struct LoadResult {
     pub latency: Histogram<u64>,
     /// The first error seen, to say why a run failed.
     pub first_error: Option<String>,
+    /// Cores the server and the bench used meanwhile (who is the bottleneck).
+    pub cpu: String,
 }
 
 impl LoadResult {
