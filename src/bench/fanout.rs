@@ -332,7 +332,14 @@ pub async fn run(ctx: &mut super::Ctx, args: &FanoutArgs) -> Result<(), String> 
     }
     let env = [("MAX_CONNECTIONS", (args.subscribers + 100).to_string())];
     let server = ctx.server(&env).await?;
-    let o = measure(server.addr, server.pid, args, ctx.max_time(), &server.backend).await;
+    let o = measure(
+        server.addr,
+        server.pid,
+        args,
+        ctx.max_time(),
+        &server.backend,
+    )
+    .await;
     let name = server.backend.clone();
     server.stop();
     let o = o?;

@@ -177,10 +177,10 @@ pub async fn http(load: &HttpLoad, build: BuildRequest, progress: Arc<Progress>)
     collect(start, tasks).await
 }
 
-async fn collect(
-    start: Instant,
-    tasks: Vec<tokio::task::JoinHandle<(u64, u64, hdrhistogram::Histogram<u64>, Option<String>)>>,
-) -> LoadResult {
+/// One client's acknowledged blobs, errors, latencies and first error.
+type ClientTally = (u64, u64, hdrhistogram::Histogram<u64>, Option<String>);
+
+async fn collect(start: Instant, tasks: Vec<tokio::task::JoinHandle<ClientTally>>) -> LoadResult {
     let mut result = LoadResult {
         ok_blobs: 0,
         errors: 0,
@@ -513,7 +513,15 @@ pub async fn run(ctx: &mut super::Ctx, args: &IngestArgs) -> Result<(), String> 
     if !ctx.common.no_baseline {
         match super::baseline::start_bare() {
             Ok(proc) => {
-                let r = measure(proc.addr, args, &payload, max_time, "bare", Some(proc.pid())).await;
+                let r = measure(
+                    proc.addr,
+                    args,
+                    &payload,
+                    max_time,
+                    "bare",
+                    Some(proc.pid()),
+                )
+                .await;
                 proc.stop();
                 ctx.rows
                     .push(Row::new(&label, "bare", metric, r.rate()).detail(detail(&r)));
@@ -527,7 +535,15 @@ pub async fn run(ctx: &mut super::Ctx, args: &IngestArgs) -> Result<(), String> 
     }
 
     let server = ctx.server(&[]).await?;
-    let r = measure(server.addr, args, &payload, max_time, &server.backend, server.pid).await;
+    let r = measure(
+        server.addr,
+        args,
+        &payload,
+        max_time,
+        &server.backend,
+        server.pid,
+    )
+    .await;
     let name = server.backend.clone();
     server.stop();
     let mut row = Row::new(&label, &name, metric, r.rate()).detail(detail(&r));

@@ -251,7 +251,10 @@ impl CpuMeter {
         };
         format!(
             "cpu: server {} cores, bench {} cores",
-            used(self.server_start, self.server.and_then(|p| cpu_seconds(Some(p)))),
+            used(
+                self.server_start,
+                self.server.and_then(|p| cpu_seconds(Some(p)))
+            ),
             used(self.bench_start, cpu_seconds(None))
         )
     }
