@@ -188,10 +188,19 @@ pub fn start_bare() -> Result<Proc, String> {
     Proc::spawn_listening("baseline-server", cmd)
 }
 
+/// The admin the bench creates on the pouchdb-server it starts, as the
+/// CouchDB tests do: a real deployment authenticates every request, and
+/// the baselines should pay that too.
+pub const COUCH_USER: &str = "kpiggybank";
+/// Its password (a throwaway server on loopback).
+pub const COUCH_PASS: &str = "bench-secret";
+
 /// A CouchDB to measure against: started pouchdb-server or one given by URL.
 pub struct Couch {
     /// Its address.
     pub addr: SocketAddr,
+    /// User and password, when it needs them.
+    pub credentials: Option<(String, String)>,
     _proc: Option<Proc>,
     _dir: Option<TempDir>,
 }
@@ -208,6 +217,8 @@ pub fn find_pouchdb(given: Option<&Path>) -> Option<PathBuf> {
             ))
         })
         .filter(|p| p.exists())
+        // Absolute, because the child runs in its own temporary directory.
+        .and_then(|p| p.canonicalize().ok())
 }
 
 impl Couch {
@@ -241,20 +252,44 @@ impl Couch {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Ends "admin party": from here on every request authenticates.
+        let mut conn = HttpConn::connect(addr).await.map_err(|e| e.to_string())?;
+        let body = format!("\"{COUCH_PASS}\"");
+        let req = client::request(
+            addr,
+            "PUT",
+            &format!("/_config/admins/{COUCH_USER}"),
+            "application/json",
+            "",
+            body.as_bytes(),
+        );
+        let a = conn.send(&req).await.map_err(|e| e.to_string())?;
+        if a.status != 200 {
+            return Err(format!("creating the CouchDB admin answered {}", a.status));
+        }
         Ok(Couch {
             addr,
+            credentials: Some((COUCH_USER.into(), COUCH_PASS.into())),
             _proc: Some(proc),
             _dir: Some(dir),
         })
     }
 
-    /// A CouchDB already running (anonymous admin access assumed).
-    pub fn existing(addr: SocketAddr) -> Couch {
+    /// A CouchDB already running, with `user:pass` if it needs them.
+    pub fn existing(addr: SocketAddr, credentials: Option<(String, String)>) -> Couch {
         Couch {
             addr,
+            credentials,
             _proc: None,
             _dir: None,
         }
+    }
+
+    /// The `Authorization` header line, or nothing.
+    pub fn auth(&self) -> String {
+        self.credentials
+            .as_ref()
+            .map_or(String::new(), |(u, p)| client::basic_auth(u, p))
     }
 
     /// Creates database `name` (fine if it exists).
@@ -262,11 +297,15 @@ impl Couch {
         let mut conn = HttpConn::connect(self.addr)
             .await
             .map_err(|e| e.to_string())?;
-        let req = format!(
-            "PUT /{name} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
-            self.addr
+        let req = client::request(
+            self.addr,
+            "PUT",
+            &format!("/{name}"),
+            "application/json",
+            &self.auth(),
+            b"",
         );
-        let a = conn.send(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let a = conn.send(&req).await.map_err(|e| e.to_string())?;
         match a.status {
             201 | 202 | 412 => Ok(()),
             s => Err(format!(
@@ -278,13 +317,16 @@ impl Couch {
 }
 
 /// One POST per blob to `/db`, CouchDB choosing the id: the original's way.
-pub fn couch_one_per_post(addr: SocketAddr, db: &str, payload: &Payload) -> BuildRequest {
+pub fn couch_one_per_post(couch: &Couch, db: &str, payload: &Payload) -> BuildRequest {
+    let (addr, auth) = (couch.addr, couch.auth());
     let requests: Vec<Bytes> = (0..POOL)
         .map(|i| {
-            Bytes::from(client::post(
+            Bytes::from(client::request(
                 addr,
+                "POST",
                 &format!("/{db}"),
                 "application/json",
+                &auth,
                 payload.blob(i).as_bytes(),
             ))
         })
@@ -295,13 +337,14 @@ pub fn couch_one_per_post(addr: SocketAddr, db: &str, payload: &Payload) -> Buil
 /// `_bulk_docs` of `per_request` blobs with client-chosen ids, as the
 /// kpiggybank CouchDB backend must write them (a retry cannot duplicate).
 pub fn couch_bulk(
-    addr: SocketAddr,
+    couch: &Couch,
     db: &str,
     payload: Arc<Payload>,
     per_request: u64,
 ) -> BuildRequest {
     let path = format!("/{db}/_bulk_docs");
     let run = std::process::id();
+    let (addr, auth) = (couch.addr, couch.auth());
     Arc::new(move |i| {
         let mut body = String::with_capacity(per_request as usize * 760 + 16);
         body.push_str("{\"docs\":[");
@@ -314,10 +357,12 @@ pub fn couch_bulk(
             body.push_str(&blob[1..]);
         }
         body.push_str("]}");
-        Bytes::from(client::post(
+        Bytes::from(client::request(
             addr,
+            "POST",
             &path,
             "application/json",
+            &auth,
             body.as_bytes(),
         ))
     })

@@ -131,14 +131,49 @@ impl HttpConn {
 
 /// A complete `POST` request with a body.
 pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    request(addr, "POST", path, content_type, "", body)
+}
+
+/// A complete request; `headers` are extra lines, each ending in `\r\n`.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    headers: &str,
+    body: &[u8],
+) -> Vec<u8> {
     let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
-         Content-Length: {}\r\nAccept: application/json\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\n\
+         Content-Length: {}\r\nAccept: application/json\r\n{headers}\r\n",
         body.len()
     )
     .into_bytes();
     req.extend_from_slice(body);
     req
+}
+
+/// An `Authorization: Basic …\r\n` header line.
+pub fn basic_auth(user: &str, pass: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{pass}").into_bytes();
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    format!("Authorization: Basic {out}\r\n")
 }
 
 /// A complete `GET` request.
@@ -159,4 +194,16 @@ pub async fn ws_connect(addr: SocketAddr, path: &str) -> io::Result<Ws> {
         .await
         .map_err(io::Error::other)?;
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn basic_auth_is_base64() {
+        assert_eq!(
+            super::basic_auth("Aladdin", "open sesame"),
+            "Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==\r\n"
+        );
+        assert_eq!(super::basic_auth("a", "b"), "Authorization: Basic YTpi\r\n");
+    }
 }

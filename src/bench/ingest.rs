@@ -485,11 +485,13 @@ async fn measure(
 
 fn detail(r: &LoadResult) -> String {
     let mut text = format!(
-        "latency p50/p99/max {}, errors {}, {}",
+        "latency p50/p99/max {}, errors {}",
         r.latency_text(),
         r.errors,
-        r.cpu
     );
+    if !r.cpu.is_empty() {
+        text.push_str(&format!(", {}", r.cpu));
+    }
     if let Some(e) = &r.first_error {
         let e: String = e.chars().take(120).collect();
         text.push_str(&format!(" (first: {e})"));
@@ -605,7 +607,7 @@ async fn couch_direct(
     let line = ProgressLine::start(&format!("{label} couch 1 POST/blob"), blobs, "blobs");
     let one = http(
         &load,
-        super::baseline::couch_one_per_post(couch.addr, &db, payload),
+        super::baseline::couch_one_per_post(&couch, &db, payload),
         line.counters(),
     )
     .await;
@@ -632,7 +634,7 @@ async fn couch_direct(
     );
     let bulk = http(
         &load,
-        super::baseline::couch_bulk(couch.addr, &db, payload.clone(), BULK),
+        super::baseline::couch_bulk(&couch, &db, payload.clone(), BULK),
         line.counters(),
     )
     .await;

@@ -66,7 +66,7 @@ pub struct Common {
     /// then .tools/pouchdb/node_modules/.bin/pouchdb-server).
     #[arg(long, global = true)]
     pub pouchdb_bin: Option<PathBuf>,
-    /// A running CouchDB on loopback (anonymous admin) instead of starting pouchdb-server.
+    /// A running CouchDB on loopback (`http://user:pass@127.0.0.1:5984`) instead of starting pouchdb-server.
     #[arg(long, global = true)]
     pub couchdb_url: Option<String>,
     /// Skip the baselines (bare handler, direct CouchDB).
@@ -200,6 +200,9 @@ impl Ctx {
             cmd.env("DB_HOST", c.addr.ip().to_string())
                 .env("DB_PORT", c.addr.port().to_string())
                 .env("DB_NAME", name);
+            if let Some((user, pass)) = &c.credentials {
+                cmd.env("DB_USER", user).env("DB_PASS", pass);
+            }
             couch = Some(c);
         }
         for (k, v) in env {
@@ -231,7 +234,16 @@ impl Ctx {
     /// A CouchDB: `--couchdb-url`, or a pouchdb-server started now.
     pub async fn couch(&self) -> Result<baseline::Couch, String> {
         if let Some(url) = &self.common.couchdb_url {
-            return Ok(baseline::Couch::existing(loopback_addr(url)?));
+            // `http://user:pass@127.0.0.1:5984`: credentials before the `@`.
+            let rest = url.strip_prefix("http://").unwrap_or(url);
+            let (credentials, host) = match rest.split_once('@') {
+                Some((cred, host)) => {
+                    let (u, p) = cred.split_once(':').unwrap_or((cred, ""));
+                    (Some((u.to_string(), p.to_string())), host)
+                }
+                None => (None, rest),
+            };
+            return Ok(baseline::Couch::existing(loopback_addr(host)?, credentials));
         }
         let bin = baseline::find_pouchdb(self.common.pouchdb_bin.as_deref()).ok_or(
             "no pouchdb-server: run `npm install --ignore-scripts --prefix .tools/pouchdb \
@@ -383,8 +395,13 @@ async fn suite(ctx: &mut Ctx, smoke: bool) -> Result<(), String> {
         with(ctx, Backend::Couchdb);
         // The CouchDB backend may not be merged yet: its baselines are still
         // worth having, so a server that does not start is a note, not a failure.
-        if let Err(e) = ingest::run(ctx, &http(n(32, 4) as usize, n(20_000, 400), 1)).await {
-            ctx.notes.push(format!("CouchDB backend not measured: {e}"));
+        // One blob per request (what one-POST-per-blob producers send), and
+        // lists of 100 (the shape of the direct `_bulk_docs` baseline).
+        for batch in [1, 100] {
+            let args = http(n(32, 4) as usize, n(20_000, 400), batch);
+            if let Err(e) = ingest::run(ctx, &args).await {
+                ctx.notes.push(format!("CouchDB backend not measured: {e}"));
+            }
         }
     }
     ctx.common.backend = chosen;
