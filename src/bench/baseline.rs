@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use super::client::{self, HttpConn};
-use super::ingest::{BuildRequest, POOL, Payload};
+use super::ingest::{BuildRequest, Payload};
 use super::process::{Proc, TempDir, free_port};
 
 /// Changes the bare fan-out keeps for subscribers that are behind (the
@@ -317,21 +317,18 @@ impl Couch {
 }
 
 /// One POST per blob to `/db`, CouchDB choosing the id: the original's way.
-pub fn couch_one_per_post(couch: &Couch, db: &str, payload: &Payload) -> BuildRequest {
-    let (addr, auth) = (couch.addr, couch.auth());
-    let requests: Vec<Bytes> = (0..POOL)
-        .map(|i| {
-            Bytes::from(client::request(
-                addr,
-                "POST",
-                &format!("/{db}"),
-                "application/json",
-                &auth,
-                payload.blob(i).as_bytes(),
-            ))
-        })
-        .collect();
-    Arc::new(move |i| requests[(i % POOL) as usize].clone())
+pub fn couch_one_per_post(couch: &Couch, db: &str, payload: Arc<Payload>) -> BuildRequest {
+    let (addr, auth, path) = (couch.addr, couch.auth(), format!("/{db}"));
+    Arc::new(move |i| {
+        Bytes::from(client::request(
+            addr,
+            "POST",
+            &path,
+            "application/json",
+            &auth,
+            payload.blob(i).as_bytes(),
+        ))
+    })
 }
 
 /// `_bulk_docs` of `per_request` blobs with client-chosen ids, as the

@@ -29,30 +29,46 @@ pub const BASE_TIMESTAMP: i64 = 1_333_046_104_322;
 const ACK_GRACE: Duration = Duration::from_secs(10);
 
 /// Sign-in sample blobs, built once, so the load loop only concatenates.
+/// Timestamps rise with the blob index, as real sign-ins arrive: cycling
+/// through a few timestamps would scatter inserts over the store's
+/// timestamp index and measure a workload nobody has.
 pub struct Payload {
-    blobs: Vec<String>,
+    /// Each sample's text after its `timestamp` member.
+    rests: Vec<String>,
 }
 
 impl Payload {
-    /// [`POOL`] login sequences at consecutive timestamps.
+    /// [`POOL`] login sequences.
     pub fn new() -> Payload {
+        let prefix = format!("{{\"timestamp\":{BASE_TIMESTAMP},");
         Payload {
-            blobs: (0..POOL)
-                .map(|n| login_sequence(BASE_TIMESTAMP + n as i64, n))
+            rests: (0..POOL)
+                .map(|n| {
+                    let blob = login_sequence(BASE_TIMESTAMP, n);
+                    blob.strip_prefix(&prefix)
+                        .expect("samples start with their timestamp")
+                        .to_string()
+                })
                 .collect(),
         }
     }
 
-    /// The `i`th blob's JSON text (cycling through the pool).
-    pub fn blob(&self, i: u64) -> &str {
-        &self.blobs[(i % POOL) as usize]
+    /// The `i`th blob's JSON text: sample `i % POOL` at timestamp base + `i`.
+    pub fn blob(&self, i: u64) -> String {
+        let rest = &self.rests[(i % POOL) as usize];
+        let mut out = String::with_capacity(rest.len() + 30);
+        out.push_str("{\"timestamp\":");
+        out.push_str(&(BASE_TIMESTAMP + i as i64).to_string());
+        out.push(',');
+        out.push_str(rest);
+        out
     }
 
     /// Blobs `first..first+n` as one JSON value: the blob itself when `n` is 1,
     /// else a list.
     pub fn data(&self, first: u64, n: u64) -> String {
         if n == 1 {
-            return self.blob(first).to_string();
+            return self.blob(first);
         }
         let mut out = String::with_capacity(n as usize * 720 + 2);
         out.push('[');
@@ -60,7 +76,7 @@ impl Payload {
             if j > 0 {
                 out.push(',');
             }
-            out.push_str(self.blob(first + j));
+            out.push_str(&self.blob(first + j));
         }
         out.push(']');
         out
@@ -92,26 +108,24 @@ pub struct HttpLoad {
     pub max_time: Duration,
 }
 
-/// Request bytes for a JSON `POST` of `blobs_per_request` pool blobs to
-/// `path`, pre-built for the whole pool and then only cloned.
+/// Request bytes for a JSON `POST` of `per_request` blobs to `path`,
+/// assembled from the pre-built samples (copies, no serialization).
 pub fn json_posts(
     addr: SocketAddr,
     path: &str,
-    payload: &Payload,
+    payload: Arc<Payload>,
     per_request: u64,
 ) -> BuildRequest {
-    let requests: Vec<Bytes> = (0..POOL)
-        .map(|i| {
-            let body = payload.data(i * per_request, per_request);
-            Bytes::from(client::post(
-                addr,
-                path,
-                "application/json",
-                body.as_bytes(),
-            ))
-        })
-        .collect();
-    Arc::new(move |i| requests[(i % POOL) as usize].clone())
+    let path = path.to_string();
+    Arc::new(move |i| {
+        let body = payload.data(i * per_request, per_request);
+        Bytes::from(client::post(
+            addr,
+            &path,
+            "application/json",
+            body.as_bytes(),
+        ))
+    })
 }
 
 /// Runs an HTTP load; a 2xx answer counts its blobs as acknowledged.
@@ -237,18 +251,13 @@ pub type BuildFrame = Arc<dyn Fn(u64) -> String + Send + Sync>;
 
 /// Push frames of pool blobs: `{"type":"push","ref":i,"data":…}`.
 pub fn push_frames(payload: Arc<Payload>, per_frame: u64) -> BuildFrame {
-    let data: Arc<Vec<String>> = Arc::new(
-        (0..POOL)
-            .map(|i| payload.data(i * per_frame, per_frame))
-            .collect(),
-    );
     Arc::new(move |i| {
-        let data = &data[(i % POOL) as usize];
+        let data = payload.data(i * per_frame, per_frame);
         let mut frame = String::with_capacity(data.len() + 40);
         frame.push_str("{\"type\":\"push\",\"ref\":");
         frame.push_str(&i.to_string());
         frame.push_str(",\"data\":");
-        frame.push_str(data);
+        frame.push_str(&data);
         frame.push('}');
         frame
     })
@@ -433,7 +442,7 @@ async fn measure(
     let label = format!("{} {who}", args.label());
     match args.transport {
         Transport::Http => {
-            let build = json_posts(addr, "/wsapi/interaction_data", payload, batch);
+            let build = json_posts(addr, "/wsapi/interaction_data", payload.clone(), batch);
             let mut load = HttpLoad {
                 addr,
                 connections: args.connections,
@@ -607,7 +616,7 @@ async fn couch_direct(
     let line = ProgressLine::start(&format!("{label} couch 1 POST/blob"), blobs, "blobs");
     let one = http(
         &load,
-        super::baseline::couch_one_per_post(&couch, &db, payload),
+        super::baseline::couch_one_per_post(&couch, &db, payload.clone()),
         line.counters(),
     )
     .await;

@@ -367,7 +367,7 @@ async fn suite(ctx: &mut Ctx, smoke: bool) -> Result<(), String> {
         ctx,
         &fanout::FanoutArgs {
             subscribers: n(1000, 5) as usize,
-            rate: n(1100, 200),
+            rate: n(1000, 200),
             seconds: n(10, 1),
             tick_ms: 5,
         },
