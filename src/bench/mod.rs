@@ -178,7 +178,10 @@ impl Ctx {
             });
         }
         let bin = match &self.common.server_bin {
-            Some(bin) => bin.clone(),
+            // Absolute, because the server runs in its own temporary directory.
+            Some(bin) => bin
+                .canonicalize()
+                .map_err(|e| format!("--server-bin {}: {e}", bin.display()))?,
             None => std::env::current_exe()
                 .map_err(|e| e.to_string())?
                 .with_file_name("kpiggybank"),
