@@ -215,7 +215,14 @@ async fn serve(
             _ = shutdown.cancelled() => break End::Shutdown,
             Some((answer, bytes)) = conn.pending.next(), if !conn.pending.is_empty() => {
                 conn.pending_bytes -= bytes;
-                if conn.send_text(answer, send_timeout).await.is_err() {
+                let mut answers = vec![answer];
+                // A group commit answers many pushes at once: send every
+                // answer that is ready with one flush.
+                while let Some(Some((answer, bytes))) = conn.pending.next().now_or_never() {
+                    conn.pending_bytes -= bytes;
+                    answers.push(answer);
+                }
+                if conn.send_texts(answers, send_timeout).await.is_err() {
                     break End::TooSlow;
                 }
             }
@@ -310,6 +317,18 @@ impl Conn {
             self.sink.send(Message::Text(text.into())),
         )
         .await
+    }
+
+    /// Hands several text frames to the socket, then flushes once.
+    async fn send_texts(&mut self, texts: Vec<String>, limit: Duration) -> Result<(), ()> {
+        let shutdown = self.state.shutdown.clone();
+        let deadline = Instant::now() + limit;
+        for text in texts {
+            let left = deadline.saturating_duration_since(Instant::now());
+            timed(&shutdown, left, self.sink.feed(Message::Text(text.into()))).await?;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        timed(&shutdown, left, self.sink.flush()).await
     }
 
     /// Hands a batch of changes to the socket, then flushes; the deadline
