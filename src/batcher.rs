@@ -9,6 +9,10 @@
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -95,22 +99,30 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
 ) {
+    // Writes in flight; a new batch is gathered only when there is room, so
+    // with room for one (SQLite) everything that arrives during a commit
+    // goes into the next one.
+    let room = store.write_concurrency().max(1);
+    let mut writing = FuturesUnordered::new();
+    // Bytes of batches in flight, which the store does not count yet.
+    let in_flight_bytes = Arc::new(AtomicU64::new(0));
     let mut stopping = false;
     loop {
-        let next = if stopping {
-            rx.recv().await
-        } else {
-            tokio::select! {
-                job = rx.recv() => job,
-                _ = stop.cancelled() => {
-                    // Queued jobs are still written; later submits fail.
-                    rx.close();
-                    stopping = true;
-                    continue;
-                }
+        let next = tokio::select! {
+            job = rx.recv(), if writing.len() < room => job,
+            Some(()) = writing.next(), if !writing.is_empty() => continue,
+            _ = stop.cancelled(), if !stopping => {
+                // Queued jobs are still written; later submits fail.
+                rx.close();
+                stopping = true;
+                continue;
             }
         };
-        let Some(first) = next else { break };
+        let Some(first) = next else {
+            // Closed and drained: finish the writes in flight.
+            while writing.next().await.is_some() {}
+            break;
+        };
         let mut jobs = vec![first];
         let mut count = jobs[0].blobs.len();
         while count < MAX_BATCH_BLOBS {
@@ -123,7 +135,7 @@ async fn write_loop(
             }
         }
 
-        let mut used = store.used_bytes();
+        let mut used = store.used_bytes() + in_flight_bytes.load(Ordering::Relaxed);
         let mut accepted = Vec::with_capacity(jobs.len());
         for job in jobs {
             if quota > 0 && used + job.bytes > quota {
@@ -140,32 +152,44 @@ async fn write_loop(
         if accepted.is_empty() {
             continue;
         }
-
-        let sizes: Vec<usize> = accepted.iter().map(|job| job.blobs.len()).collect();
-        let blobs: Vec<Blob> = accepted
-            .iter_mut()
-            .flat_map(|job| std::mem::take(&mut job.blobs))
-            .collect();
-        let n = blobs.len();
-        // Per blob: a store that answers per document (CouchDB) may store some
-        // blobs of a batch and refuse others; each request hears about its own.
-        let mut results = store.write_each(blobs).await.into_iter();
-        let mut failed = 0;
-        for (job, size) in accepted.into_iter().zip(sizes) {
-            // Collect first: `find` would stop early and leave this job's
-            // remaining results to the next job.
-            let mine: Vec<Result<(), StoreError>> = results.by_ref().take(size).collect();
-            let result = mine
-                .into_iter()
-                .find(Result::is_err)
-                .unwrap_or(Ok(()))
-                .map_err(WriteError::from);
-            if let Err(e) = &result {
-                failed += 1;
-                tracing::warn!(blobs = size, "write failed: {e}");
-            }
-            let _ = job.reply.send(result);
-        }
-        tracing::trace!(blobs = n, failed, "batch written");
+        let bytes: u64 = accepted.iter().map(|job| job.bytes).sum();
+        in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
+        writing.push(write_batch(store.clone(), accepted, in_flight_bytes.clone(), bytes));
     }
+}
+
+/// Writes one batch and answers each of its requests from its own blobs.
+async fn write_batch(
+    store: Arc<dyn Store>,
+    mut accepted: Vec<Job>,
+    in_flight_bytes: Arc<AtomicU64>,
+    bytes: u64,
+) {
+    let sizes: Vec<usize> = accepted.iter().map(|job| job.blobs.len()).collect();
+    let blobs: Vec<Blob> = accepted
+        .iter_mut()
+        .flat_map(|job| std::mem::take(&mut job.blobs))
+        .collect();
+    let n = blobs.len();
+    // Per blob: a store that answers per document (CouchDB) may store some
+    // blobs of a batch and refuse others; each request hears about its own.
+    let mut results = store.write_each(blobs).await.into_iter();
+    in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    let mut failed = 0;
+    for (job, size) in accepted.into_iter().zip(sizes) {
+        // Collect first: `find` would stop early and leave this job's
+        // remaining results to the next job.
+        let mine: Vec<Result<(), StoreError>> = results.by_ref().take(size).collect();
+        let result = mine
+            .into_iter()
+            .find(Result::is_err)
+            .unwrap_or(Ok(()))
+            .map_err(WriteError::from);
+        if let Err(e) = &result {
+            failed += 1;
+            tracing::warn!(blobs = size, "write failed: {e}");
+        }
+        let _ = job.reply.send(result);
+    }
+    tracing::trace!(blobs = n, failed, "batch written");
 }

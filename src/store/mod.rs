@@ -140,6 +140,13 @@ pub trait Store: Send + Sync + 'static {
     /// (stores whose feed is external, like CouchDB, publish nothing here).
     async fn write(&self, blobs: Vec<Blob>) -> Result<(), StoreError>;
 
+    /// How many writes the batcher may have in flight at once. One for a
+    /// single-writer store (SQLite), where the next batch simply gathers
+    /// what arrives meanwhile; more where a write is a round trip (CouchDB).
+    fn write_concurrency(&self) -> usize {
+        1
+    }
+
     /// Stores blobs and tells, blob by blob, which were stored; the batcher
     /// answers each producer from this. Stores that write all or nothing keep
     /// the default (one [`Store::write`]); CouchDB answers per document.

@@ -36,6 +36,10 @@ use crate::blob::{Blob, Doc};
 use crate::config::Config;
 use crate::hub::Hub;
 
+/// `_bulk_docs` requests the batcher may have in flight: each is a round
+/// trip, so one at a time would leave CouchDB and this node idle.
+const BULK_IN_FLIGHT: usize = 4;
+
 /// Most documents per `_bulk_docs` request: big enough to amortize the round
 /// trip, small enough that CouchDB answers well within the request timeout.
 const BULK_MAX: usize = 2_000;
@@ -87,9 +91,9 @@ impl Shared {
 pub struct CouchStore {
     shared: Arc<Shared>,
     spool: Spool,
-    /// Held by a direct write and by each forwarding round, so a direct write
-    /// never overtakes blobs that are still in the spool.
-    order: Arc<tokio::sync::Mutex<()>>,
+    /// Shared by direct writes (several may be in flight), exclusive for each
+    /// forwarding round, so a direct write never overtakes spooled blobs.
+    order: Arc<tokio::sync::RwLock<()>>,
     /// Wakes the forwarder when blobs were spooled.
     wake: Arc<Notify>,
     /// True while blobs wait in the spool: warn once per outage.
@@ -132,7 +136,7 @@ impl CouchStore {
             db_missing: Notify::new(),
         });
         hub.set_start_seq(start.clone());
-        let order = Arc::new(tokio::sync::Mutex::new(()));
+        let order = Arc::new(tokio::sync::RwLock::new(()));
         let wake = Arc::new(Notify::new());
         let spooling = Arc::new(AtomicBool::new(!spool.is_empty()));
         if !spool.is_empty() {
@@ -210,7 +214,7 @@ impl CouchStore {
 async fn forward(
     shared: Arc<Shared>,
     spool: Spool,
-    order: Arc<tokio::sync::Mutex<()>>,
+    order: Arc<tokio::sync::RwLock<()>>,
     wake: Arc<Notify>,
     spooling: Arc<AtomicBool>,
 ) {
@@ -224,7 +228,7 @@ async fn forward(
             continue;
         }
         let round = async {
-            let _order = order.lock().await;
+            let _order = order.write().await;
             let entries = spool.oldest(FORWARD_BATCH).await?;
             let pairs: Vec<(String, String)> = entries
                 .iter()
@@ -308,10 +312,14 @@ impl Store for CouchStore {
             .unwrap_or(Ok(()))
     }
 
+    fn write_concurrency(&self) -> usize {
+        BULK_IN_FLIGHT
+    }
+
     async fn write_each(&self, blobs: Vec<Blob>) -> Vec<Result<(), StoreError>> {
         let mut results = vec![Ok(()); blobs.len()];
         let to_spool: Vec<usize> = if self.spool.is_empty() {
-            let _order = self.order.lock().await;
+            let _order = self.order.read().await;
             if self.spool.is_empty() {
                 self.write_direct(&blobs, &mut results).await
             } else {
