@@ -154,7 +154,12 @@ async fn write_loop(
         }
         let bytes: u64 = accepted.iter().map(|job| job.bytes).sum();
         in_flight_bytes.fetch_add(bytes, Ordering::Relaxed);
-        writing.push(write_batch(store.clone(), accepted, in_flight_bytes.clone(), bytes));
+        writing.push(write_batch(
+            store.clone(),
+            accepted,
+            in_flight_bytes.clone(),
+            bytes,
+        ));
     }
 }
 

@@ -258,6 +258,17 @@ impl Hub {
             Start::Now => {}
             Start::Since(seq) => {
                 sub.store.check_seq(&seq)?;
+                // An integer seq beyond the store's newest was never handed
+                // out: refuse it rather than wait for the feed to get there.
+                if let Some(n) = seq.as_int() {
+                    let newest = sub.store.current_seq().await?;
+                    let newest = newest.as_ref().and_then(Seq::as_int).unwrap_or(0);
+                    if n > newest {
+                        return Err(StoreError::BadSeq(format!(
+                            "{n} (ahead of the store, whose newest seq is {newest})"
+                        )));
+                    }
+                }
                 sub.last_seq = Some(seq.clone());
                 sub.mode = Mode::CatchUp(Some(seq));
             }
@@ -559,7 +570,7 @@ mod tests {
             Ok(Vec::new())
         }
         async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
-            Ok(None)
+            Ok(self.changes.last().map(|c| c.seq.clone()))
         }
         async fn smash(&self, _: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
             Ok(Vec::new())

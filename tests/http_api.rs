@@ -441,6 +441,12 @@ async fn the_stream_relays_new_blobs_with_heartbeats_and_resumes_by_seq() {
         .unwrap();
     assert!(error_of(res, 409).await.contains("epoch"));
     let res = http()
+        .get(server.url("/wsapi/interaction_data/stream?since=999999"))
+        .send()
+        .await
+        .unwrap();
+    assert!(error_of(res, 400).await.contains("ahead of the store"));
+    let res = http()
         .get(server.url("/wsapi/interaction_data/stream?since=abc"))
         .send()
         .await
