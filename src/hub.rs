@@ -81,6 +81,8 @@ struct Ring {
     entries: VecDeque<Arc<Entry>>,
     /// Seq of the newest change published (or found in the store at start).
     last_seq: Option<Seq>,
+    /// Seq of the newest change that left the ring.
+    evicted_seq: Option<Seq>,
 }
 
 /// The fan-out point between the store's change feed and the subscribers.
@@ -108,6 +110,16 @@ enum Read {
     Lagged,
 }
 
+/// Where a caught-up subscriber goes on in the ring.
+enum JoinAt {
+    /// At this position.
+    At(u64),
+    /// The ring has not seen the last change yet: the feed lags the store.
+    NotYet,
+    /// Changes after the last one left the ring already: read the store again.
+    Missed,
+}
+
 impl Hub {
     /// A hub keeping the default number of recent changes.
     pub fn new() -> Arc<Hub> {
@@ -121,6 +133,7 @@ impl Hub {
                 base: 0,
                 entries: VecDeque::with_capacity(capacity.min(4096)),
                 last_seq: None,
+                evicted_seq: None,
             }),
             capacity: capacity.max(1),
             head: watch::channel(0).0,
@@ -148,8 +161,10 @@ impl Hub {
         let head = {
             let mut ring = self.ring.lock();
             for entry in entries {
-                if ring.entries.len() == self.capacity {
-                    ring.entries.pop_front();
+                if ring.entries.len() == self.capacity
+                    && let Some(old) = ring.entries.pop_front()
+                {
+                    ring.evicted_seq = Some(old.seq.clone());
                     ring.base += 1;
                 }
                 ring.last_seq = Some(entry.seq.clone());
@@ -174,6 +189,7 @@ impl Hub {
             ring.base += ring.entries.len() as u64;
             ring.entries.clear();
             ring.last_seq = start_seq;
+            ring.evicted_seq = None;
             ring.base
         };
         self.head.send_replace(head);
@@ -193,36 +209,59 @@ impl Hub {
         Read::Entries(ring.entries.iter().skip(skip).take(max).cloned().collect())
     }
 
-    /// The ring position right after the change last delivered (`id`, or
-    /// `seq` when no id is known); `None` when the ring has not seen it.
-    fn join_point(&self, id: Option<&str>, seq: Option<&Seq>) -> Option<u64> {
+    /// Where a caught-up subscriber continues: right after the change it
+    /// got last (`id`, or `seq` when no id is known). `read_head` is the ring
+    /// head when the store read that came up empty began.
+    fn join_point(&self, id: Option<&str>, seq: Option<&Seq>, read_head: u64) -> JoinAt {
         let ring = self.ring.lock();
-        let after = |i: usize| ring.base + i as u64 + 1;
+        let after = |i: usize| JoinAt::At(ring.base + i as u64 + 1);
         if let Some(id) = id
             && let Some(i) = ring.entries.iter().rposition(|e| &*e.id == id)
         {
-            return Some(after(i));
+            return after(i);
         }
         let Some(seq) = seq else {
-            // Nothing delivered yet and the store had nothing: all is new.
-            return Some(ring.base);
+            // Nothing delivered and the store had nothing: what the ring got
+            // before the read began was committed before it, so it is gone
+            // (smashed); what came after is new.
+            return if read_head < ring.base {
+                JoinAt::Missed
+            } else {
+                JoinAt::At(read_head)
+            };
         };
         if let Some(i) = ring.entries.iter().rposition(|e| &e.seq == seq) {
-            return Some(after(i));
+            return after(i);
         }
         // Integer seqs (the local stores) are ordered: once the feed has
         // reached `seq`, join at the first newer one (this also covers a
         // change smashed since, or one from before the ring's memory).
-        let n = seq.as_int()?;
+        let Some(n) = seq.as_int() else {
+            return JoinAt::NotYet;
+        };
         // No seq at all: the store was empty at start and nothing came since.
-        let published = ring.last_seq.as_ref().map_or(Some(0), Seq::as_int)?;
+        let Some(published) = ring.last_seq.as_ref().map_or(Some(0), Seq::as_int) else {
+            return JoinAt::NotYet;
+        };
         if published < n {
-            return None;
+            return JoinAt::NotYet;
+        }
+        // Changes newer than `seq`, published after the read began (so not
+        // in it), that already left the ring were missed. (Older evicted ones
+        // were in the store when it was read, unless smashed.)
+        if ring.base > read_head
+            && ring
+                .evicted_seq
+                .as_ref()
+                .and_then(Seq::as_int)
+                .is_some_and(|e| e > n)
+        {
+            return JoinAt::Missed;
         }
         let newer = ring
             .entries
             .partition_point(|e| e.seq.as_int().is_some_and(|m| m <= n));
-        Some(ring.base + newer as u64)
+        JoinAt::At(ring.base + newer as u64)
     }
 
     /// Subscribes to the feed of `store`. A `since` from another epoch is refused.
@@ -293,6 +332,8 @@ enum Mode {
     Join {
         /// When to give up waiting and read the store again.
         deadline: Instant,
+        /// The ring head when the last (empty) store read began.
+        read_head: u64,
     },
 }
 
@@ -313,7 +354,7 @@ pub struct Subscription {
     live_since_switch: usize,
     /// A store read in flight, kept across cancelled calls of `next` so a
     /// busy `select!` cannot restart it forever.
-    read: Option<JoinHandle<Result<Vec<Change>, StoreError>>>,
+    read: Option<(u64, JoinHandle<Result<Vec<Change>, StoreError>>)>,
     head_rx: watch::Receiver<u64>,
 }
 
@@ -345,28 +386,31 @@ impl Subscription {
                 self.last_seq = None;
                 self.last_id = None;
                 self.recent.clear();
-                if let Some(read) = self.read.take() {
+                if let Some((_, read)) = self.read.take() {
                     read.abort();
                 }
                 self.mode = Mode::CatchUp(None);
             }
             match &self.mode {
                 Mode::CatchUp(cursor) => {
-                    let read = self.read.get_or_insert_with(|| {
+                    let (_, read) = self.read.get_or_insert_with(|| {
                         let store = self.store.clone();
                         let cursor = cursor.clone();
-                        tokio::spawn(async move {
+                        let head = self.hub.head_and_seq().0;
+                        let read = tokio::spawn(async move {
                             store.changes_since(cursor.as_ref(), CATCH_UP_PAGE).await
-                        })
+                        });
+                        (head, read)
                     });
                     let changes = read.await;
-                    self.read = None;
+                    let read_head = self.read.take().map_or(0, |(head, _)| head);
                     let changes = changes.map_err(|e| {
                         StoreError::Unavailable(format!("a catch-up read failed: {e}"))
                     })??;
                     let Some(last) = changes.last() else {
                         self.mode = Mode::Join {
                             deadline: Instant::now() + JOIN_WAIT,
+                            read_head,
                         };
                         continue;
                     };
@@ -382,17 +426,29 @@ impl Subscription {
                         return Ok(fresh);
                     }
                 }
-                Mode::Join { deadline } => {
-                    let deadline = *deadline;
+                Mode::Join {
+                    deadline,
+                    read_head,
+                } => {
+                    let (deadline, read_head) = (*deadline, *read_head);
                     self.head_rx.borrow_and_update();
-                    let found = self
-                        .hub
-                        .join_point(self.last_id.as_deref(), self.last_seq.as_ref());
-                    if let Some(pos) = found {
-                        self.pos = pos;
-                        self.mode = Mode::Live;
-                        self.live_since_switch = 0;
-                        continue;
+                    let at = self.hub.join_point(
+                        self.last_id.as_deref(),
+                        self.last_seq.as_ref(),
+                        read_head,
+                    );
+                    match at {
+                        JoinAt::At(pos) => {
+                            self.pos = pos;
+                            self.mode = Mode::Live;
+                            self.live_since_switch = 0;
+                            continue;
+                        }
+                        JoinAt::Missed => {
+                            self.mode = Mode::CatchUp(self.last_seq.clone());
+                            continue;
+                        }
+                        JoinAt::NotYet => {}
                     }
                     // The feed lags the store: wait for it, then read again.
                     tokio::select! {
@@ -443,7 +499,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(read) = self.read.take() {
+        if let Some((_, read)) = self.read.take() {
             read.abort();
         }
     }
@@ -500,7 +556,7 @@ mod tests {
 
     /// Holds changes that the hub has not been told about yet.
     struct Feed {
-        changes: Vec<Change>,
+        changes: parking_lot::Mutex<Vec<Change>>,
         read_delay: Duration,
         reads: AtomicUsize,
     }
@@ -546,7 +602,7 @@ mod tests {
             Ok(None)
         }
         async fn count(&self) -> Result<u64, StoreError> {
-            Ok(self.changes.len() as u64)
+            Ok(self.changes.lock().len() as u64)
         }
         async fn changes_since(
             &self,
@@ -554,23 +610,27 @@ mod tests {
             max: usize,
         ) -> Result<Vec<Change>, StoreError> {
             self.reads.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(self.read_delay).await;
-            // Position by equality only: the seqs may be opaque.
-            let start = match since {
-                None => 0,
-                Some(s) => self
-                    .changes
-                    .iter()
-                    .position(|c| &c.seq == s)
-                    .map_or(0, |i| i + 1),
+            // Read first, answer late: what is written meanwhile is not in it.
+            let found: Vec<Change> = {
+                let changes = self.changes.lock();
+                // Position by equality only: the seqs may be opaque.
+                let start = match since {
+                    None => 0,
+                    Some(s) => changes
+                        .iter()
+                        .position(|c| &c.seq == s)
+                        .map_or(0, |i| i + 1),
+                };
+                changes.iter().skip(start).take(max).cloned().collect()
             };
-            Ok(self.changes.iter().skip(start).take(max).cloned().collect())
+            tokio::time::sleep(self.read_delay).await;
+            Ok(found)
         }
         async fn recent_changes(&self, _: usize) -> Result<Vec<Change>, StoreError> {
             Ok(Vec::new())
         }
         async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
-            Ok(self.changes.last().map(|c| c.seq.clone()))
+            Ok(self.changes.lock().last().map(|c| c.seq.clone()))
         }
         async fn smash(&self, _: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
             Ok(Vec::new())
@@ -583,7 +643,7 @@ mod tests {
         let n = 3 * RECENT_IDS;
         let changes: Vec<Change> = (1..=n).map(|i| change(i, opaque)).collect();
         let store = Arc::new(Feed {
-            changes: changes.clone(),
+            changes: parking_lot::Mutex::new(changes.clone()),
             read_delay: Duration::ZERO,
             reads: AtomicUsize::new(0),
         });
@@ -644,7 +704,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_select_loop_does_not_restart_a_slow_catch_up_forever() {
         let store = Arc::new(Feed {
-            changes: (1..=10).map(|i| change(i, false)).collect(),
+            changes: parking_lot::Mutex::new((1..=10).map(|i| change(i, false)).collect()),
             read_delay: Duration::from_millis(80),
             reads: AtomicUsize::new(0),
         });
@@ -670,5 +730,65 @@ mod tests {
             "after {} store reads",
             store.reads.load(Ordering::Relaxed)
         );
+    }
+
+    #[tokio::test]
+    async fn changes_that_leave_the_ring_before_a_caught_up_subscriber_rejoins_are_read_again() {
+        let store = Arc::new(Feed {
+            changes: parking_lot::Mutex::new((1..=10).map(|i| change(i, false)).collect()),
+            read_delay: Duration::from_millis(100),
+            reads: AtomicUsize::new(0),
+        });
+        let hub = Hub::with_capacity(4);
+        hub.set_start_seq(Some(Seq::int(10)));
+        let mut sub = hub
+            .subscribe(store.clone(), Start::Since(Seq::int(10)), None)
+            .await
+            .unwrap();
+        // While its (empty) read is under way, ten changes are stored and
+        // published, more than the ring keeps.
+        let writer = {
+            let (hub, store) = (hub.clone(), store.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                for i in 11..=20 {
+                    let c = change(i, false);
+                    store.changes.lock().push(c.clone());
+                    hub.publish(vec![c]);
+                }
+            })
+        };
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            let batch = tokio::time::timeout(Duration::from_secs(5), sub.next())
+                .await
+                .expect("changes keep coming")
+                .unwrap();
+            got.extend(batch.iter().map(|e| e.seq.as_int().unwrap()));
+        }
+        writer.await.unwrap();
+        assert_eq!(got, (11..=20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn last_n_on_an_emptied_store_does_not_replay_the_ring() {
+        let store = Arc::new(Feed {
+            changes: parking_lot::Mutex::new(Vec::new()),
+            read_delay: Duration::ZERO,
+            reads: AtomicUsize::new(0),
+        });
+        let hub = Hub::new();
+        // Published, then smashed: in the ring, no longer in the store.
+        hub.publish((1..=50).map(|i| change(i, false)).collect());
+        let mut sub = hub
+            .subscribe(store.clone(), Start::Last(2), None)
+            .await
+            .unwrap();
+        let nothing = tokio::time::timeout(Duration::from_millis(200), sub.next()).await;
+        assert!(nothing.is_err(), "replayed smashed changes: {nothing:?}");
+        hub.publish(vec![change(51, false)]);
+        let next = sub.next().await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].seq, Seq::int(51));
     }
 }

@@ -473,7 +473,9 @@ impl Conn {
                 close(1001, "server shutting down".into())
             }
             End::TooSlow => {
-                let epoch = self.state.store.epoch().to_string();
+                // The epoch announced to this client, which `last_sent`
+                // belongs to (the store's may have changed since).
+                let epoch = self.epoch.clone();
                 let seq = self.last_sent.as_ref().map(|s| s.0.clone());
                 let reason = serde_json::json!({ "since": seq, "epoch": epoch }).to_string();
                 // A close reason has room for 123 bytes.

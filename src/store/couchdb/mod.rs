@@ -92,7 +92,9 @@ pub struct CouchStore {
     shared: Arc<Shared>,
     spool: Spool,
     /// Shared by direct writes (several may be in flight), exclusive for each
-    /// forwarding round, so a direct write never overtakes spooled blobs.
+    /// forwarding round: while the spool holds blobs, new ones join its tail
+    /// rather than go around it. Concurrent batches have no order among
+    /// themselves, so one may reach CouchDB before another that was spooled.
     order: Arc<tokio::sync::RwLock<()>>,
     /// Wakes the forwarder when blobs were spooled.
     wake: Arc<Notify>,
@@ -506,6 +508,32 @@ impl Store for CouchStore {
         Ok(changes)
     }
 
+    async fn replay_start(&self, n: usize) -> Result<Option<Seq>, StoreError> {
+        // Counted on the raw feed, deletions and design documents included:
+        // a replay may then hold fewer than `n` blobs, but never the whole
+        // database because recent changes were smashes.
+        let params: Vec<(&str, Cow<str>)> = vec![
+            ("descending", "true".into()),
+            ("limit", (n + 1).to_string().into()),
+        ];
+        let bytes = self
+            .shared
+            .couch
+            .changes(&params)
+            .await
+            .map_err(unavailable)?;
+        let page: ChangesPage = Couch::parse("GET _changes", &bytes).map_err(unavailable)?;
+        if page.results.len() <= n {
+            return Ok(None);
+        }
+        Ok(page
+            .results
+            .into_iter()
+            .next_back()
+            .and_then(|line| line.seq)
+            .map(Seq))
+    }
+
     async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
         let info = self.shared.couch.info().await.map_err(unavailable)?;
         Ok(info.get("update_seq").cloned().map(Seq))
@@ -584,6 +612,7 @@ impl Store for CouchStore {
                     break;
                 }
             };
+            let taken_before = taken.len();
             for ((_, _, doc), answer) in candidates.into_iter().zip(answers) {
                 match answer.error.as_deref() {
                     // Ours: the deletion of this revision went through.
@@ -607,6 +636,11 @@ impl Store for CouchStore {
                         )));
                     }
                 }
+            }
+            // A round that took nothing, or could not delete something, ends
+            // the smash: the next round would see the same rows again.
+            if failure.is_some() || taken.len() == taken_before {
+                break;
             }
             if rows.len() < want {
                 break;
