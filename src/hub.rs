@@ -337,6 +337,9 @@ enum Mode {
     },
 }
 
+/// A catch-up read of the store running in its own task.
+type StoreRead = JoinHandle<Result<Vec<Change>, StoreError>>;
+
 /// One subscriber's place in the feed.
 pub struct Subscription {
     hub: Arc<Hub>,
@@ -354,7 +357,7 @@ pub struct Subscription {
     live_since_switch: usize,
     /// A store read in flight, kept across cancelled calls of `next` so a
     /// busy `select!` cannot restart it forever.
-    read: Option<(u64, JoinHandle<Result<Vec<Change>, StoreError>>)>,
+    read: Option<(u64, StoreRead)>,
     head_rx: watch::Receiver<u64>,
 }
 
