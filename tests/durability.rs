@@ -323,12 +323,7 @@ async fn sigterm_is_not_held_up_by_a_stalled_stream_reader() {
         let blobs: Vec<Value> = (0..1000)
             .map(|k| json!({"timestamp": r * 1000 + k, "req": format!("r{r}"), "k": k, "of": 1000, "pad": pad}))
             .collect();
-        let res = http()
-            .post(server.url("/wsapi/interaction_data"))
-            .json(&blobs)
-            .send()
-            .await
-            .unwrap();
+        let res = server.post_json(&blobs).await;
         assert_eq!(res.status(), 201);
         let ack: Value = res.json().await.unwrap();
         let ids = ack["ids"].as_array().unwrap();

@@ -83,12 +83,7 @@ async fn json_bodies_lists_and_number_fidelity() {
     assert!(text.contains(r#""timestamp":11}"#), "{text}");
 
     let wrapped = json!({"data": {"timestamp": 12}});
-    let res = http()
-        .post(server.url("/wsapi/interaction_data"))
-        .json(&wrapped)
-        .send()
-        .await
-        .unwrap();
+    let res = server.post_json(&wrapped).await;
     assert_eq!(res.status(), 201);
     assert_eq!(
         server.get_json("/wsapi/interaction_data/count").await,
@@ -148,12 +143,7 @@ async fn ranges_limits_order_count_and_last() {
 async fn a_large_range_streams_across_pages() {
     let (server, _dir) = Server::start(&[]);
     let blobs: Vec<Value> = (0..2500).map(|i| json!({"timestamp": i, "i": i})).collect();
-    let res = http()
-        .post(server.url("/wsapi/interaction_data"))
-        .json(&blobs)
-        .send()
-        .await
-        .unwrap();
+    let res = server.post_json(&blobs).await;
     assert_eq!(res.status(), 201);
     let all = server.get_json("/wsapi/interaction_data").await;
     let is: Vec<i64> = all

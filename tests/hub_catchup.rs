@@ -100,12 +100,9 @@ fn check_exactly_once(changes: &[(i64, String, Value)], ids: &[String], first_se
 
 /// After the backlog, the next change is a fresh blob: nothing was queued twice.
 async fn next_is_fresh(server: &Server, lines: &mut Lines, marker: &str) {
-    let res = http()
-        .post(server.url("/wsapi/interaction_data"))
-        .json(&json!({"timestamp": 5, "marker": marker}))
-        .send()
-        .await
-        .unwrap();
+    let res = server
+        .post_json(&json!({"timestamp": 5, "marker": marker}))
+        .await;
     assert_eq!(res.status(), 201);
     let change = lines.next_change().await;
     assert_eq!(change["doc"]["marker"], marker, "an extra change: {change}");
@@ -158,12 +155,7 @@ async fn a_slow_subscriber_from_now_gets_only_new_changes_once_in_order() {
     let (server, _dir) = start();
     // Blobs from before the subscription must not be replayed.
     let before: Vec<Value> = (0..10).map(|i| json!({"timestamp": i})).collect();
-    let res = http()
-        .post(server.url("/wsapi/interaction_data"))
-        .json(&before)
-        .send()
-        .await
-        .unwrap();
+    let res = server.post_json(&before).await;
     assert_eq!(res.status(), 201);
 
     let (mut slow, _) = open(&server, "").await;

@@ -11,12 +11,7 @@ use support::{Server, http};
 const TOKEN: &str = "smash-test-token-5e1f";
 
 async fn post_blobs(server: &Server, blobs: &[Value]) {
-    let res = http()
-        .post(server.url("/wsapi/interaction_data"))
-        .json(&blobs)
-        .send()
-        .await
-        .unwrap();
+    let res = server.post_json(&blobs).await;
     assert_eq!(res.status(), 201);
 }
 

@@ -122,7 +122,7 @@ impl Server {
     }
 
     /// POSTs a JSON body to the store route.
-    pub async fn post_json(&self, body: &serde_json::Value) -> reqwest::Response {
+    pub async fn post_json(&self, body: &impl serde::Serialize) -> reqwest::Response {
         http()
             .post(self.url("/wsapi/interaction_data"))
             .json(body)
@@ -132,7 +132,7 @@ impl Server {
     }
 
     /// Stores a blob or a list (JSON body), expects 201, returns the ids.
-    pub async fn store(&self, body: &serde_json::Value) -> Vec<String> {
+    pub async fn store(&self, body: &impl serde::Serialize) -> Vec<String> {
         let res = self.post_json(body).await;
         let status = res.status();
         let text = res.text().await.unwrap();
