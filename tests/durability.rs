@@ -158,14 +158,7 @@ async fn stored_by_request(server: &Server) -> HashMap<String, Vec<Value>> {
         .unwrap();
     assert_eq!(res.status(), 200);
     let all: Vec<Value> = res.json().await.unwrap();
-    let count: u64 = http()
-        .get(server.url("/wsapi/interaction_data/count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let count: u64 = server.count().await;
     assert_eq!(count, all.len() as u64, "count agrees with a full range");
     let mut by_req: HashMap<String, Vec<Value>> = HashMap::new();
     for blob in all {

@@ -22,14 +22,9 @@ async fn the_original_form_post_stores_the_fixture_verbatim() {
     let ack: Value = res.json().await.unwrap();
     let id = ack["ids"][0].as_str().unwrap().to_string();
 
-    let text = http()
-        .get(server.url(&format!("/wsapi/interaction_data?id={id}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server
+        .get_text(&format!("/wsapi/interaction_data?id={id}"))
+        .await;
     // `_id` first, then the same keys in the same order, values spelled as posted.
     assert!(
         text.starts_with(&format!(
@@ -67,14 +62,9 @@ async fn json_bodies_lists_and_number_fidelity() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    let text = http()
-        .get(server.url("/wsapi/interaction_data?start=10&end=11"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server
+        .get_text("/wsapi/interaction_data?start=10&end=11")
+        .await;
     assert!(
         text.contains(r#""timestamp":10,"big":9007199254740993,"f":1.0,"u":"é💡"}"#),
         "{text}"
@@ -199,14 +189,7 @@ async fn bad_posts_get_a_400_that_names_the_problem_and_store_nothing() {
         server.get_json("/wsapi/interaction_data/count").await,
         json!(0)
     );
-    let pong = http()
-        .get(server.url("/wsapi/ping"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pong = server.get_text("/wsapi/ping").await;
     assert_eq!(pong, "pong");
 }
 

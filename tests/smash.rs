@@ -15,17 +15,6 @@ async fn post_blobs(server: &Server, blobs: &[Value]) {
     assert_eq!(res.status(), 201);
 }
 
-async fn count(server: &Server) -> u64 {
-    http()
-        .get(server.url("/wsapi/interaction_data/count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn range(server: &Server, query: &str) -> Vec<Value> {
     let res = http()
         .get(server.url(&format!("/wsapi/interaction_data{query}")))
@@ -67,7 +56,7 @@ async fn without_admin_token_smash_is_forbidden_and_removes_nothing() {
             "{body}"
         );
     }
-    assert_eq!(count(&server).await, 2);
+    assert_eq!(server.count().await, 2);
 }
 
 #[tokio::test]
@@ -91,7 +80,7 @@ async fn a_wrong_or_missing_bearer_is_unauthorized_and_removes_nothing() {
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["code"], "unauthorized", "{body}");
     }
-    assert_eq!(count(&server).await, 2);
+    assert_eq!(server.count().await, 2);
 }
 
 #[tokio::test]
@@ -103,13 +92,13 @@ async fn smash_returns_the_range_oldest_first_and_removes_it() {
         .map(|i| json!({"timestamp": 1000 + i, "i": i}))
         .collect();
     post_blobs(&server, &blobs).await;
-    assert_eq!(count(&server).await, 100);
+    assert_eq!(server.count().await, 100);
 
     // A closed range.
     let got = smashed(&server, "?start=1010&end=1019").await;
     assert_eq!(field(&got, "i"), (10..20).collect::<Vec<_>>());
     assert!(got.iter().all(|b| b["_id"].is_string()), "ids come back");
-    assert_eq!(count(&server).await, 90);
+    assert_eq!(server.count().await, 90);
     assert_eq!(
         range(&server, "?start=1010&end=1019").await,
         Vec::<Value>::new()
@@ -123,7 +112,7 @@ async fn smash_returns_the_range_oldest_first_and_removes_it() {
     // A limit takes the oldest ones of the range.
     let got = smashed(&server, "?start=1050&limit=5").await;
     assert_eq!(field(&got, "i"), (50..55).collect::<Vec<_>>());
-    assert_eq!(count(&server).await, 85);
+    assert_eq!(server.count().await, 85);
     let rest = range(&server, "?start=1050&end=1059").await;
     assert_eq!(field(&rest, "i"), (55..60).collect::<Vec<_>>());
 
@@ -132,7 +121,7 @@ async fn smash_returns_the_range_oldest_first_and_removes_it() {
     assert_eq!(field(&got, "i"), (95..100).collect::<Vec<_>>());
     let got = smashed(&server, "?end=1004").await;
     assert_eq!(field(&got, "i"), (0..5).collect::<Vec<_>>());
-    assert_eq!(count(&server).await, 75);
+    assert_eq!(server.count().await, 75);
 
     // What is left is exactly what was not smashed.
     let left = field(&range(&server, "").await, "i");
@@ -144,12 +133,12 @@ async fn smash_returns_the_range_oldest_first_and_removes_it() {
     // Bad parameters are refused before anything is removed.
     let res = smash(&server, "?end=soon", Some(&format!("Bearer {TOKEN}"))).await;
     assert_eq!(res.status(), 400);
-    assert_eq!(count(&server).await, 75);
+    assert_eq!(server.count().await, 75);
 
     // Everything.
     let got = smashed(&server, "").await;
     assert_eq!(field(&got, "i"), expected);
-    assert_eq!(count(&server).await, 0);
+    assert_eq!(server.count().await, 0);
     assert_eq!(range(&server, "").await, Vec::<Value>::new());
 }
 
@@ -226,7 +215,7 @@ async fn concurrent_smashes_never_return_a_blob_twice_nor_lose_one() {
     );
     let union: HashSet<String> = returned.union(&kept).cloned().collect();
     assert_eq!(union, all, "returned ∪ kept = everything stored");
-    assert_eq!(count(&server).await, kept.len() as u64);
+    assert_eq!(server.count().await, kept.len() as u64);
 }
 
 /// `limit` is part of the atomic unit: 20 concurrent smashes of "the oldest
@@ -272,7 +261,7 @@ async fn concurrent_limited_smashes_each_get_their_full_share(backend: &str) {
     }
     seen.sort();
     assert_eq!(seen, (0..2000).collect::<Vec<_>>(), "{backend}");
-    assert_eq!(count(&server).await, 0, "{backend}");
+    assert_eq!(server.count().await, 0, "{backend}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::{Server, http};
+use support::Server;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -50,14 +50,7 @@ async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
 }
 
 async fn stats(server: &Server) -> Value {
-    http()
-        .get(server.url("/wsapi/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    server.get_json("/wsapi/stats").await
 }
 
 /// Waits until the server counts `n` open WebSockets (a closed one is
@@ -87,14 +80,9 @@ async fn push_is_acked_with_ids_once_stored() {
     assert_eq!(ack["type"], "ack");
     assert_eq!(ack["ref"], 1);
     let id = ack["ids"][0].as_str().unwrap();
-    let got: Value = http()
-        .get(server.url(&format!("/wsapi/interaction_data?id={id}")))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let got: Value = server
+        .get_json(&format!("/wsapi/interaction_data?id={id}"))
+        .await;
     assert_eq!(got["results"]["a"], 1);
 
     // A list, with a ref of any JSON shape echoed verbatim.
@@ -579,14 +567,7 @@ async fn shutdown_answers_pending_pushes_then_closes_with_1001() {
     // Every push the server read was answered; every ack is stored.
     let dir = _dir.path().to_path_buf();
     let restarted = Server::start_in(&dir, &[]);
-    let count: u64 = http()
-        .get(restarted.url("/wsapi/interaction_data/count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let count: u64 = restarted.count().await;
     assert!(count >= acks, "{count} stored, {acks} acknowledged");
 }
 

@@ -153,6 +153,21 @@ impl Server {
         res.json().await.unwrap()
     }
 
+    /// GETs `path`, expects 200, returns the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        let res = http().get(self.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "GET {path}");
+        res.text().await.unwrap()
+    }
+
+    /// How many blobs the server says it stores.
+    pub async fn count(&self) -> u64 {
+        self.get_json("/wsapi/interaction_data/count")
+            .await
+            .as_u64()
+            .expect("count is a number")
+    }
+
     /// `ws://addr` + `path`.
     pub fn ws_url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
