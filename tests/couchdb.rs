@@ -161,14 +161,9 @@ async fn a_database_of_the_original_works_unchanged() {
         "oldest first"
     );
     // Handed out as stored, `_id` first, no `_rev`.
-    let one = http()
-        .get(server.url(&format!("/wsapi/interaction_data?id={}", old_ids[2])))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let one = server
+        .get_text(&format!("/wsapi/interaction_data?id={}", old_ids[2]))
+        .await;
     assert!(
         one.starts_with(&format!("{{\"results\":{{\"_id\":\"{}\",", old_ids[2])),
         "{one}"
@@ -494,4 +489,72 @@ async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_i
         "{}",
         server.logs()
     );
+}
+
+/// POSTs a smash with the test token; the answer within 30 s.
+async fn smash(server: &Server, query: &str) -> reqwest::Response {
+    let request = http()
+        .post(server.url(&format!("/wsapi/interaction_data/smash{query}")))
+        .bearer_auth("tok")
+        .send();
+    tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the smash answers instead of looping")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_smash_whose_deletions_are_refused_ends_and_keeps_the_blobs() {
+    let pouch = Pouch::start(true);
+    let (server, _dir) = node(&pouch.env("bid_kpi"), &[("ADMIN_TOKEN", "tok")]);
+    server
+        .store(&json!([{"timestamp": 1}, {"timestamp": 2}, {"timestamp": 3}]))
+        .await;
+    // A validation function that refuses every deletion, as a database
+    // administrator might install.
+    let guard = json!({
+        "validate_doc_update":
+            "function (doc) { if (doc._deleted) { throw({forbidden: 'blobs are kept'}); } }"
+    });
+    let (status, body) = pouch.call("PUT", "/bid_kpi/_design/guard", &guard.to_string());
+    assert_eq!(status, 201, "{body}");
+    let res = smash(&server, "?limit=1").await;
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused to delete"),
+        "{body}"
+    );
+    assert_eq!(server.count().await, 3, "nothing was removed");
+}
+
+#[tokio::test]
+async fn last_n_after_smashes_replays_at_most_n_changes() {
+    use tokio_tungstenite::tungstenite::Message;
+    let pouch = Pouch::start(true);
+    let (server, _dir) = node(&pouch.env("bid_kpi"), &[("ADMIN_TOKEN", "tok")]);
+    let blobs: Vec<Value> = (1..=10).map(|i| json!({"timestamp": i, "i": i})).collect();
+    server.store(&blobs).await;
+    // The five newest are smashed: the newest changes are now deletions.
+    let res = smash(&server, "?start=6").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Vec<Value>>().await.unwrap().len(), 5);
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/wsapi/ws?last=3"))
+        .await
+        .unwrap();
+    let mut replayed = 0;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
+        if let Message::Text(text) = msg {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            if frame["type"] == "change" {
+                replayed += 1;
+            }
+        }
+    }
+    assert!(replayed <= 3, "asked for the last 3, got {replayed}");
 }

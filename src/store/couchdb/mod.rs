@@ -211,6 +211,21 @@ impl CouchStore {
     }
 }
 
+impl CouchStore {
+    /// One (non-continuous) `_changes` answer, to parse with [`changes_page`].
+    async fn changes_answer(
+        &self,
+        params: &[(&str, Cow<'_, str>)],
+    ) -> Result<bytes::Bytes, StoreError> {
+        self.shared.couch.changes(params).await.map_err(unavailable)
+    }
+}
+
+/// Parses a `_changes` answer; the page borrows from it.
+fn changes_page(bytes: &[u8]) -> Result<ChangesPage<'_>, StoreError> {
+    Couch::parse("GET _changes", bytes).map_err(unavailable)
+}
+
 /// Forwards spooled blobs to CouchDB in order, removing each only once
 /// CouchDB confirmed it.
 async fn forward(
@@ -469,13 +484,8 @@ impl Store for CouchStore {
                 ("limit", max.to_string().into()),
                 ("since", relay::since_param(&since).into()),
             ];
-            let bytes = self
-                .shared
-                .couch
-                .changes(&params)
-                .await
-                .map_err(unavailable)?;
-            let page: ChangesPage = Couch::parse("GET _changes", &bytes).map_err(unavailable)?;
+            let bytes = self.changes_answer(&params).await?;
+            let page = changes_page(&bytes)?;
             let fetched = page.results.len();
             let changes = changes_of(page.results);
             // A page of only skipped changes (design docs, smashes) is not
@@ -496,13 +506,8 @@ impl Store for CouchStore {
             ("descending", "true".into()),
             ("limit", n.to_string().into()),
         ];
-        let bytes = self
-            .shared
-            .couch
-            .changes(&params)
-            .await
-            .map_err(unavailable)?;
-        let page: ChangesPage = Couch::parse("GET _changes", &bytes).map_err(unavailable)?;
+        let bytes = self.changes_answer(&params).await?;
+        let page = changes_page(&bytes)?;
         let mut changes = changes_of(page.results);
         changes.reverse();
         Ok(changes)
@@ -516,13 +521,8 @@ impl Store for CouchStore {
             ("descending", "true".into()),
             ("limit", (n + 1).to_string().into()),
         ];
-        let bytes = self
-            .shared
-            .couch
-            .changes(&params)
-            .await
-            .map_err(unavailable)?;
-        let page: ChangesPage = Couch::parse("GET _changes", &bytes).map_err(unavailable)?;
+        let bytes = self.changes_answer(&params).await?;
+        let page = changes_page(&bytes)?;
         if page.results.len() <= n {
             return Ok(None);
         }
