@@ -1,14 +1,14 @@
 //! The dashboard's static files, compiled into the binary so that one
 //! executable is the whole service (no build step, nothing to deploy beside
-//! it). `GET /` itself is answered by [`crate::http`]; this module serves the
-//! files the page loads, and `kpiggybank.js` for other pages and Node.js.
+//! it): the dashboard at `GET /`, the files it loads, and `kpiggybank.js`
+//! for other pages and Node.js.
 
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// One embedded file: its URL path, content type and bytes.
 struct Asset {
@@ -19,12 +19,23 @@ struct Asset {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
-/// Every file under `static/` (a unit test below keeps this list complete).
+const HTML: &str = "text/html; charset=utf-8";
+
+/// The dashboard page.
+const INDEX: &str = include_str!("../static/index.html");
+
+/// Every file under `static/` (a unit test below keeps this list complete),
+/// and the dashboard again at `/`.
 const ASSETS: &[Asset] = &[
     Asset {
+        path: "/",
+        content_type: HTML,
+        body: INDEX,
+    },
+    Asset {
         path: "/index.html",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../static/index.html"),
+        content_type: HTML,
+        body: INDEX,
     },
     Asset {
         path: "/style.css",

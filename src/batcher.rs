@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::blob::Blob;
-use crate::store::{Store, StoreError};
+use crate::store::{BlobStore, StoreError};
 
 /// Requests that may wait for the writer; beyond that, producers wait
 /// (backpressure instead of unbounded buffering).
@@ -63,15 +63,17 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the writer task. Once `stop` is cancelled (or every handle is
-    /// dropped) it writes what is queued, refuses the rest, and ends.
+    /// Starts the writer task, with up to `concurrency` writes in flight.
+    /// Once `stop` is cancelled (or every handle is dropped) it writes what
+    /// is queued, refuses the rest, and ends.
     pub fn start(
-        store: Arc<dyn Store>,
+        store: Arc<dyn BlobStore>,
+        concurrency: usize,
         quota_bytes: u64,
         stop: CancellationToken,
     ) -> (Batcher, JoinHandle<()>) {
         let (jobs, rx) = mpsc::channel(QUEUE_DEPTH);
-        let task = tokio::spawn(write_loop(store, quota_bytes, rx, stop));
+        let task = tokio::spawn(write_loop(store, concurrency, quota_bytes, rx, stop));
         (Batcher { jobs }, task)
     }
 
@@ -94,7 +96,8 @@ impl Batcher {
 }
 
 async fn write_loop(
-    store: Arc<dyn Store>,
+    store: Arc<dyn BlobStore>,
+    concurrency: usize,
     quota: u64,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
@@ -102,7 +105,7 @@ async fn write_loop(
     // Writes in flight; a new batch is gathered only when there is room, so
     // with room for one (SQLite) everything that arrives during a commit
     // goes into the next one.
-    let room = store.write_concurrency().max(1);
+    let room = concurrency.max(1);
     let mut writing = FuturesUnordered::new();
     // Bytes of batches in flight, which the store does not count yet.
     let in_flight_bytes = Arc::new(AtomicU64::new(0));
@@ -165,7 +168,7 @@ async fn write_loop(
 
 /// Writes one batch and answers each of its requests from its own blobs.
 async fn write_batch(
-    store: Arc<dyn Store>,
+    store: Arc<dyn BlobStore>,
     mut accepted: Vec<Job>,
     in_flight_bytes: Arc<AtomicU64>,
     bytes: u64,
@@ -178,7 +181,7 @@ async fn write_batch(
     let n = blobs.len();
     // Per blob: a store that answers per document (CouchDB) may store some
     // blobs of a batch and refuse others; each request hears about its own.
-    let mut results = store.write_each(blobs).await.into_iter();
+    let mut results = store.write(blobs).await.into_iter();
     in_flight_bytes.fetch_sub(bytes, Ordering::Relaxed);
     let mut failed = 0;
     for (job, size) in accepted.into_iter().zip(sizes) {

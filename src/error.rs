@@ -7,6 +7,8 @@ use serde_json::value::RawValue;
 
 use crate::batcher::WriteError;
 use crate::blob::BlobError;
+use crate::feed::FeedError;
+use crate::protocol::FrameError;
 use crate::store::StoreError;
 
 /// An error answered to a client; its message names the problem.
@@ -18,9 +20,15 @@ pub enum ApiError {
     /// The write was refused or failed; nothing was stored.
     #[error(transparent)]
     Write(#[from] WriteError),
-    /// A read or subscription failed.
+    /// A read failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A subscription was refused or ended.
+    #[error(transparent)]
+    Feed(#[from] FeedError),
+    /// A WebSocket frame, or `since`/`last`/`epoch`, that cannot be used.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     /// A query parameter that cannot be used.
     #[error("query parameter `{name}` must be {expected}, got {value:?}")]
     BadParam {
@@ -49,9 +57,6 @@ pub enum ApiError {
     /// Smash while no `ADMIN_TOKEN` is configured.
     #[error("smash is disabled: start kpiggybank with ADMIN_TOKEN set to allow it")]
     SmashDisabled,
-    /// A WebSocket frame that is not a command this server knows.
-    #[error("{0}")]
-    BadFrame(String),
     /// A browser page from another site tried to open a WebSocket.
     #[error("origin {0:?} may not open a WebSocket here (see ALLOWED_ORIGINS)")]
     OriginNotAllowed(String),
@@ -69,7 +74,7 @@ impl ApiError {
             ApiError::Blob(_)
             | ApiError::BadParam { .. }
             | ApiError::BodyRead(_)
-            | ApiError::BadFrame(_) => StatusCode::BAD_REQUEST,
+            | ApiError::Frame(_) => StatusCode::BAD_REQUEST,
             ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Write(WriteError::QuotaFull { .. }) => StatusCode::INSUFFICIENT_STORAGE,
@@ -77,8 +82,11 @@ impl ApiError {
             ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
                 StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 StoreError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                StoreError::BadSeq(_) => StatusCode::BAD_REQUEST,
-                StoreError::EpochMismatch { .. } => StatusCode::CONFLICT,
+            },
+            ApiError::Feed(e) => match e {
+                FeedError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                FeedError::BadSeq(_) => StatusCode::BAD_REQUEST,
+                FeedError::EpochMismatch { .. } => StatusCode::CONFLICT,
             },
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -90,7 +98,7 @@ impl ApiError {
     /// A short machine-readable name for this kind of error.
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Blob(_) => "bad_blob",
+            ApiError::Blob(_) | ApiError::Frame(FrameError::Blob(_)) => "bad_blob",
             ApiError::BadParam { .. } => "bad_param",
             ApiError::BodyRead(_) => "bad_body",
             ApiError::Write(WriteError::QuotaFull { .. }) => "quota_full",
@@ -98,14 +106,19 @@ impl ApiError {
             ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
                 StoreError::Unavailable(_) => "store_unavailable",
                 StoreError::Refused(_) => "refused",
-                StoreError::BadSeq(_) => "bad_seq",
-                StoreError::EpochMismatch { .. } => "epoch_mismatch",
             },
+            ApiError::Feed(e) => match e {
+                FeedError::Unavailable(_) => "store_unavailable",
+                FeedError::BadSeq(_) => "bad_seq",
+                FeedError::EpochMismatch { .. } => "epoch_mismatch",
+            },
+            ApiError::Frame(FrameError::BadSeq(_)) => "bad_seq",
+            ApiError::Frame(FrameError::BadParam { .. }) => "bad_param",
+            ApiError::Frame(FrameError::BadFrame(_)) => "bad_frame",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthorized => "unauthorized",
             ApiError::SmashDisabled => "smash_disabled",
-            ApiError::BadFrame(_) => "bad_frame",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::TooManyConnections(_) => "too_many_connections",
         }

@@ -7,16 +7,16 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 
 use crate::blob::{self, Doc};
 use crate::error::ApiError;
-use crate::hub::Start;
-use crate::server::AppState;
-use crate::store::{RangeCursor, RangeQuery, Seq};
+use crate::protocol::{self, Given};
+use crate::state::AppState;
+use crate::store::{RangeCursor, RangeQuery};
 
 /// Blobs read from the store per chunk of a range answer; large ranges
 /// stream page by page instead of being held in memory.
@@ -28,13 +28,9 @@ pub const STREAM_HEARTBEAT: Duration = Duration::from_secs(10);
 /// Shortest heartbeat a client may ask for, so it cannot make us spin.
 pub const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 
-/// The dashboard page, compiled into the binary.
-const INDEX_HTML: &str = include_str!("../static/index.html");
-
 /// The HTTP routes.
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(index))
         .route("/wsapi/ping", get(ping))
         .route("/wsapi/interaction_data", post(post_data).get(get_data))
         .route("/wsapi/interaction_data/count", get(count))
@@ -46,10 +42,6 @@ pub fn routes() -> Router<AppState> {
 }
 
 type Params = Query<HashMap<String, String>>;
-
-async fn index() -> Html<&'static str> {
-    Html(INDEX_HTML)
-}
 
 async fn ping() -> &'static str {
     "pong"
@@ -248,10 +240,13 @@ async fn stream(
     State(state): State<AppState>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
-    let start = match params.get("since").filter(|s| !s.is_empty()) {
-        Some(since) => Start::Since(Seq::from_param(since)),
-        None => Start::Now,
+    let param = |name: &str| {
+        params
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| Given::Param(v))
     };
+    let follow = protocol::follow(param("since"), param("last"), param("epoch"))?;
     let heartbeat = match param_i64(&params, "heartbeat")? {
         Some(ms) if ms > 0 => Duration::from_millis(ms as u64).max(MIN_HEARTBEAT),
         Some(_) => {
@@ -263,13 +258,9 @@ async fn stream(
         }
         None => STREAM_HEARTBEAT,
     };
-    let epoch = params
-        .get("epoch")
-        .filter(|e| !e.is_empty())
-        .map(|e| e.as_str());
     let sub = state
         .hub
-        .subscribe(state.store.clone(), start, epoch)
+        .subscribe(follow.start, follow.epoch.as_deref())
         .await?;
     let epoch = sub.epoch().to_string();
     // Where to resume if the stream breaks before its first change.
@@ -286,7 +277,7 @@ async fn stream(
                     Ok(entries) => {
                         let mut buf = BytesMut::with_capacity(entries.iter().map(|e| e.frame.len() + 2).sum());
                         for entry in entries {
-                            buf.extend_from_slice(entry.frame.as_bytes());
+                            buf.extend_from_slice(&entry.frame);
                             buf.extend_from_slice(b"\r\n");
                         }
                         buf.freeze()
@@ -315,7 +306,7 @@ async fn stream(
 async fn stats(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
     Ok(axum::Json(serde_json::json!({
         "backend": state.config.backend.name(),
-        "epoch": state.store.epoch(),
+        "epoch": &*state.hub.epoch(),
         "count": state.store.count().await?,
         "used_bytes": state.store.used_bytes(),
         "connections": state.registry.connections(),

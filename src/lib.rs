@@ -1,42 +1,57 @@
 //! kpiggybank: a durable store and realtime hub for KPI blobs.
 //!
-//! The map of the crate follows `DESIGN.md`:
+//! The map of the crate follows `docs/DESIGN.md`:
 //!
 //! ```text
 //! producers ─► http.rs / ws.rs ─► blob.rs (parse + check, once)
 //!                                   │
 //!                                   ▼
-//!                              batcher.rs (group commit) ─► store/ (embedded SQLite, memory, dummy)
-//!                                                              │ change feed, seq order
+//!                              batcher.rs (group commit) ─► store/ (embedded, couchdb, memory, dummy)
+//!                                                              │ FeedSender: changes in feed order
 //!                                                              ▼
-//! subscribers ◄── http.rs /stream, ws.rs ◄────────────────── hub.rs (serialize once, fan out, catch up)
+//!                                                      hub/pump.rs ─► hub/ring.rs
+//!                                                                          │
+//! subscribers ◄── http.rs /stream, ws.rs ◄── hub/subscription.rs ◄─────────┘
+//!                                              (catch up from the store's ChangeFeed)
 //! ```
 //!
-//! - [`config`]: environment variables → [`config::Config`].
-//! - [`blob`]: the only parser of submissions; the [`blob::Blob`] type.
-//! - [`store`]: the [`store::Store`] trait and one module per backend.
-//! - [`batcher`]: group commit in front of any store; answers after durability.
-//! - [`hub`]: change fan-out, slow-subscriber catch-up from the store.
-//! - [`http`]: the HTTP routes, compatible with the Node.js original.
-//! - [`ws`]: the WebSocket endpoint: push and subscribe on one socket.
+//! - `config`: environment variables → [`Config`].
+//! - `blob`: the only parser of submissions; the `Blob` type.
+//! - `store`: the `BlobStore` trait and one module per backend, each with
+//!   its change feed (`store/embedded/feed.rs`, `store/couchdb/feed.rs` and
+//!   its live side `relay.rs`, …).
+//! - `feed`: what a store's change feed is: `Seq`, `Change`, the
+//!   `ChangeFeed` questions and the live `FeedEvent`s.
+//! - `batcher`: group commit in front of any store; answers after durability.
+//! - `hub`: the pump from feed to ring, the ring, subscriptions that catch up.
+//! - `protocol`: the wire format: change frames, WebSocket frames, and the one
+//!   reader of `since`, `last` and `epoch`.
+//! - `http`, `ws`, `assets`: the routes (HTTP API, WebSocket, dashboard files),
+//!   over the `state` they share; `app` puts them in one router.
+//! - `error`: every error a client can see, turned into an answer in one place.
+//! - `server`: opens the store, serves a listener, shuts down gracefully.
 //! - [`client`]: the Rust client: save, range, count, last, follow changes.
-//! - [`net`]: builds the HTTP clients (CouchDB, the Rust client).
-//! - [`error`]: every error a client can see, turned into an answer in one place.
-//! - [`assets`]: the dashboard's static files, compiled into the binary.
-//! - [`server`]: wires the parts together, serves, shuts down gracefully.
-//! - [`bench`]: the load generator behind `kpiggybank-bench` (docs/benchmarks.md).
+//! - [`sample`]: sign-in sample blobs, for tests and load generators.
 
-pub mod assets;
-pub mod batcher;
-pub mod bench;
-pub mod blob;
+mod app;
+mod assets;
+mod batcher;
+mod blob;
 pub mod client;
-pub mod config;
-pub mod error;
-pub mod http;
-pub mod hub;
-pub mod net;
+mod config;
+mod error;
+mod feed;
+mod http;
+mod hub;
+mod net;
+mod protocol;
+mod recent_ids;
+mod registry;
 pub mod sample;
-pub mod server;
-pub mod store;
-pub mod ws;
+mod server;
+mod state;
+mod store;
+mod ws;
+
+pub use config::{Config, ConfigError, Mode};
+pub use server::{App, StartError, run, serve};

@@ -1,7 +1,7 @@
 //! The `kpiggybank` server: configuration from the environment, logs, serve
 //! until SIGINT or SIGTERM.
 
-use kpiggybank::config::{Config, Mode};
+use kpiggybank::{Config, Mode};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
         // Handlers go in before the start-up line: a signal sent as soon as
         // the server says it listens must stop it gracefully, not kill it.
         let stop = stop_signal().expect("signal handlers install");
-        kpiggybank::server::run(config, stop).await
+        kpiggybank::run(config, stop).await
     });
     match served {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::HashSet;
 
-use kpiggybank::hub::RING_CAPACITY;
 use serde_json::{Value, json};
 use support::lines::Lines;
 use support::{Server, http};
@@ -20,9 +19,13 @@ const PER_REQUEST: usize = 1000;
 /// can only reach it through a catch-up from the store.
 const PAD: usize = 1500;
 
+/// The hub's ring (`RING_CAPACITY` in src/hub/mod.rs); the tests below
+/// also check through `/wsapi/stats` that a catch-up really happened.
+const RING: usize = 16_384;
+
 /// Blobs posted while the subscriber is not reading: the ring, plus about
 /// 8,600 × 1.6 KiB ≈ 14 MiB more than the ring holds.
-const BLOBS: usize = RING_CAPACITY + 8_616;
+const BLOBS: usize = RING + 8_616;
 
 fn start() -> (Server, tempfile::TempDir) {
     Server::start(&[("MODE", "prod"), ("MAX_BODY_BYTES", "8388608")])
@@ -127,11 +130,16 @@ async fn a_slow_subscriber_from_the_start_gets_every_change_once_in_order() {
     let (server, _dir) = start();
     let (mut slow, epoch) = open(&server, "?since=0").await;
     let ids = post_many(&server, "a").await;
-    assert!(ids.len() > RING_CAPACITY);
+    assert!(ids.len() > RING);
 
     let changes = read_changes(&mut slow, ids.len()).await;
     check_exactly_once(&changes, &ids, 1);
     next_is_fresh(&server, &mut slow, "after the backlog").await;
+    let stats = server.get_json("/wsapi/stats").await;
+    assert!(
+        stats["catch_ups"].as_u64().unwrap() > 0,
+        "the subscriber never fell out of the ring: {stats}"
+    );
 
     // Resume from the middle, which is long out of the ring.
     let mid = changes.len() / 2;

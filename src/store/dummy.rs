@@ -2,15 +2,18 @@
 //! of the hub: writes are published to subscribers, but nothing is kept, so a
 //! subscriber that falls out of the hub's ring cannot be caught up.
 
+use std::cmp;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Change, Page, RangeCursor, RangeQuery, Seq, Store, StoreError, new_epoch};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
 use crate::blob::{Blob, Doc};
-use crate::hub::Hub;
+use crate::feed::{
+    Change, ChangeFeed, FeedError, FeedSender, Seq, check_int_since, int_order, new_epoch,
+};
 use crate::sample::login_sequence;
 
 /// Sample blobs a range read returns when it names no limit.
@@ -18,22 +21,27 @@ const SAMPLES: u64 = 10;
 
 /// The dummy store.
 pub struct DummyStore {
-    hub: Arc<Hub>,
-    epoch: String,
+    feed: FeedSender,
+    epoch: Arc<str>,
     /// Serializes publishing so the feed stays in seq order.
     last_seq: Mutex<i64>,
     accepted: AtomicI64,
 }
 
 impl DummyStore {
-    /// A dummy store publishing accepted blobs to `hub`.
-    pub fn new(hub: Arc<Hub>) -> DummyStore {
+    /// A dummy store whose accepted blobs go to `feed`.
+    pub fn new(feed: FeedSender) -> DummyStore {
         DummyStore {
-            hub,
+            feed,
             epoch: new_epoch(),
             last_seq: Mutex::new(0),
             accepted: AtomicI64::new(0),
         }
+    }
+
+    fn newest_seq(&self) -> Option<Seq> {
+        let last = *self.last_seq.lock();
+        (last > 0).then(|| Seq::int(last))
     }
 }
 
@@ -43,20 +51,17 @@ fn sample(timestamp: i64, n: u64) -> Doc {
 }
 
 #[async_trait]
-impl Store for DummyStore {
+impl BlobStore for DummyStore {
     fn describe(&self) -> String {
         "dummy store (accepts and discards)".into()
-    }
-
-    fn epoch(&self) -> &str {
-        &self.epoch
     }
 
     fn used_bytes(&self) -> u64 {
         0
     }
 
-    async fn write(&self, blobs: Vec<Blob>) -> Result<(), StoreError> {
+    async fn write(&self, blobs: Vec<Blob>) -> Vec<Result<(), StoreError>> {
+        let n = blobs.len();
         self.accepted
             .fetch_add(blobs.len() as i64, Ordering::Relaxed);
         let mut last = self.last_seq.lock();
@@ -71,8 +76,8 @@ impl Store for DummyStore {
                 }
             })
             .collect();
-        self.hub.publish(changes);
-        Ok(())
+        self.feed.changes(changes);
+        vec![Ok(()); n]
     }
 
     async fn range_page(
@@ -105,20 +110,30 @@ impl Store for DummyStore {
         Ok(self.accepted.load(Ordering::Relaxed) as u64)
     }
 
-    async fn changes_since(&self, _: Option<&Seq>, _: usize) -> Result<Vec<Change>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn recent_changes(&self, _: usize) -> Result<Vec<Change>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
-        let last = *self.last_seq.lock();
-        Ok((last > 0).then(|| Seq::int(last)))
-    }
-
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
         Ok(self.range_page(query, None, usize::MAX).await?.docs)
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for DummyStore {
+    fn epoch(&self) -> Arc<str> {
+        self.epoch.clone()
+    }
+
+    fn order(&self, a: Option<&Seq>, b: &Seq) -> Option<cmp::Ordering> {
+        int_order(a, b)
+    }
+
+    async fn check_since(&self, since: &Seq) -> Result<(), FeedError> {
+        check_int_since(since, self.newest_seq().as_ref())
+    }
+
+    async fn changes_since(&self, _: Option<&Seq>, _: usize) -> Result<Vec<Change>, FeedError> {
+        Ok(Vec::new())
+    }
+
+    async fn replay_start(&self, _: usize) -> Result<Option<Seq>, FeedError> {
+        Ok(None)
     }
 }

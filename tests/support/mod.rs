@@ -266,5 +266,5 @@ pub fn http() -> reqwest::Client {
 /// reqwest is built with rustls but no default crypto provider (see
 /// Cargo.toml): install ring before building any client in a test.
 pub fn install_crypto() {
-    kpiggybank::net::install_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

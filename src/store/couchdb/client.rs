@@ -443,7 +443,7 @@ impl Couch {
             if status.as_u16() == 200 {
                 return Ok(Couch::parse::<Epoch>(&what, &bytes)?.epoch);
             }
-            let body = serde_json::json!({ "epoch": crate::store::new_epoch() }).to_string();
+            let body = serde_json::json!({ "epoch": &*crate::feed::new_epoch() }).to_string();
             // 409: another node wrote it first; read theirs.
             self.call_ok(Method::PUT, EPOCH_DOC, &[], Some(body), &[201, 202, 409])
                 .await?;

@@ -4,51 +4,46 @@
 //! - Writes: the batcher's whole batch goes out as `_bulk_docs` with ids
 //!   kpiggybank chose, so a retry cannot store a blob twice (a conflict on
 //!   our own id means "already stored").
-//! - Feed: this store never publishes its own writes. The [`relay`] follows
-//!   CouchDB's `_changes` and publishes, so every node behind one CouchDB
-//!   relays the same changes, whoever wrote them.
+//! - Feed: this store never sends its own writes to the feed. The [`relay`]
+//!   follows CouchDB's `_changes` and sends what it reads, so every node
+//!   behind one CouchDB relays the same changes, whoever wrote them;
+//!   [`feed`] answers catch-up reads from `_changes` too.
 //! - CouchDB away: a blob CouchDB cannot take is acknowledged from a durable
-//!   local [`spool`] (SQLite under `DATA_DIR`) and forwarded in order when
-//!   CouchDB is back; it reaches subscribers once, through the relay, when it
+//!   local [`spool`] (SQLite under `DATA_DIR`) and the [`forwarder`] sends
+//!   it on in order when CouchDB is back; it reaches subscribers once, through the relay, when it
 //!   lands in CouchDB. While the spool is not empty, new blobs queue behind it.
 //!   Reads (range, count, last) show only what CouchDB holds.
 
 pub mod client;
+pub mod feed;
+pub mod forwarder;
 pub mod relay;
 pub mod spool;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use parking_lot::RwLock;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use self::client::{ChangesPage, Couch, CouchError, DocOutcome, blob_doc};
-use self::relay::Backoff;
+use self::client::{Couch, CouchError, DocOutcome, blob_doc};
 use self::spool::Spool;
-use super::{Change, Page, RangeCursor, RangeQuery, Seq, Store, StoreError};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
 use crate::blob::{Blob, Doc};
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::feed::{FeedSender, Seq};
 
 /// `_bulk_docs` requests the batcher may have in flight: each is a round
 /// trip, so one at a time would leave CouchDB and this node idle.
-const BULK_IN_FLIGHT: usize = 4;
+pub const BULK_IN_FLIGHT: usize = 4;
 
 /// Most documents per `_bulk_docs` request: big enough to amortize the round
 /// trip, small enough that CouchDB answers well within the request timeout.
 const BULK_MAX: usize = 2_000;
-
-/// Spooled blobs forwarded per `_bulk_docs` request.
-const FORWARD_BATCH: usize = 1_000;
-
-/// How often the forwarder looks at the spool when nobody wakes it.
-const FORWARD_POLL: Duration = Duration::from_secs(1);
 
 /// Extra rows asked for when paging past a cursor, to step over the rows
 /// already handed out that share the cursor's timestamp.
@@ -57,12 +52,12 @@ const PAGE_SLACK: usize = 16;
 /// Rows deleted per smash round.
 const SMASH_PAGE: usize = 500;
 
-/// What the store, the relay and the forwarder share.
+/// What the store, its feed, the relay and the forwarder share.
 pub struct Shared {
     couch: Couch,
-    /// The database's epoch; changes only when the database is re-created,
-    /// so the few old values are leaked to hand out `&str` without a lock guard.
-    epoch: RwLock<&'static str>,
+    /// The database's epoch; replaced when the database is re-created, read
+    /// on every subscription, so readers take no lock.
+    epoch: ArcSwap<Arc<str>>,
     /// Bytes CouchDB holds, for the quota: read at start, counted up on writes.
     used: AtomicU64,
     /// Told when a write found the database missing: pouchdb-server keeps a
@@ -71,8 +66,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn epoch(&self) -> &'static str {
-        *self.epoch.read()
+    fn epoch(&self) -> Arc<str> {
+        Arc::clone(&self.epoch.load())
     }
 
     /// Wakes the relay when `e` says the database is gone.
@@ -82,8 +77,8 @@ impl Shared {
         }
     }
 
-    fn set_epoch(&self, epoch: String) {
-        *self.epoch.write() = Box::leak(epoch.into_boxed_str());
+    fn set_epoch(&self, epoch: Arc<str>) {
+        self.epoch.store(Arc::new(epoch));
     }
 }
 
@@ -100,6 +95,8 @@ pub struct CouchStore {
     wake: Arc<Notify>,
     /// True while blobs wait in the spool: warn once per outage.
     spooling: Arc<AtomicBool>,
+    /// Where the database's feed stood at open.
+    start_seq: Option<Seq>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -118,7 +115,7 @@ fn unavailable(e: CouchError) -> StoreError {
 impl CouchStore {
     /// Connects, creates the database and design document when missing,
     /// opens the spool, and starts the relay and the forwarder.
-    pub async fn open(config: &Config, hub: Arc<Hub>) -> Result<CouchStore, StoreError> {
+    pub async fn open(config: &Config, feed: FeedSender) -> Result<CouchStore, StoreError> {
         let couch = Couch::new(config).map_err(unavailable)?;
         let epoch = couch.ensure_database().await.map_err(unavailable)?;
         let info = couch.info().await.map_err(unavailable)?;
@@ -133,11 +130,10 @@ impl CouchStore {
         let spool = Spool::open(&spool_path).await?;
         let shared = Arc::new(Shared {
             couch,
-            epoch: RwLock::new(Box::leak(epoch.into_boxed_str())),
+            epoch: ArcSwap::from_pointee(Arc::from(epoch)),
             used: AtomicU64::new(used),
             db_missing: Notify::new(),
         });
-        hub.set_start_seq(start.clone());
         let order = Arc::new(tokio::sync::RwLock::new(()));
         let wake = Arc::new(Notify::new());
         let spooling = Arc::new(AtomicBool::new(!spool.is_empty()));
@@ -148,8 +144,8 @@ impl CouchStore {
                 spool.path().display()
             );
         }
-        let relay = tokio::spawn(relay::run(shared.clone(), hub, start));
-        let forwarder = tokio::spawn(forward(
+        let relay = tokio::spawn(relay::run(shared.clone(), feed, start.clone()));
+        let forwarder = tokio::spawn(forwarder::run(
             shared.clone(),
             spool.clone(),
             order.clone(),
@@ -162,8 +158,14 @@ impl CouchStore {
             order,
             wake,
             spooling,
+            start_seq: start,
             tasks: vec![relay.abort_handle(), forwarder.abort_handle()],
         })
+    }
+
+    /// Where the database's feed stood when the store opened.
+    pub fn start_seq(&self) -> Option<Seq> {
+        self.start_seq.clone()
     }
 
     /// Writes straight to CouchDB; the blobs to spool and the per-blob results.
@@ -211,95 +213,13 @@ impl CouchStore {
     }
 }
 
-impl CouchStore {
-    /// One (non-continuous) `_changes` answer, to parse with [`changes_page`].
-    async fn changes_answer(
-        &self,
-        params: &[(&str, Cow<'_, str>)],
-    ) -> Result<bytes::Bytes, StoreError> {
-        self.shared.couch.changes(params).await.map_err(unavailable)
-    }
-}
-
-/// Parses a `_changes` answer; the page borrows from it.
-fn changes_page(bytes: &[u8]) -> Result<ChangesPage<'_>, StoreError> {
-    Couch::parse("GET _changes", bytes).map_err(unavailable)
-}
-
-/// Forwards spooled blobs to CouchDB in order, removing each only once
-/// CouchDB confirmed it.
-async fn forward(
-    shared: Arc<Shared>,
-    spool: Spool,
-    order: Arc<tokio::sync::RwLock<()>>,
-    wake: Arc<Notify>,
-    spooling: Arc<AtomicBool>,
-) {
-    let mut backoff = Backoff::default();
-    loop {
-        if spool.is_empty() {
-            if spooling.swap(false, Ordering::Relaxed) {
-                tracing::info!("the CouchDB spool is empty again: CouchDB has every blob");
-            }
-            let _ = tokio::time::timeout(FORWARD_POLL, wake.notified()).await;
-            continue;
-        }
-        let round = async {
-            let _order = order.write().await;
-            let entries = spool.oldest(FORWARD_BATCH).await?;
-            let pairs: Vec<(String, String)> = entries
-                .iter()
-                .map(|e| (e.id.clone(), e.doc.clone()))
-                .collect();
-            let answers = shared.couch.bulk_docs(&pairs).await.map_err(|e| {
-                shared.note(&e);
-                unavailable(e)
-            })?;
-            let (mut stored, mut rejected, mut retry) = (Vec::new(), Vec::new(), 0);
-            for (entry, answer) in entries.into_iter().zip(answers) {
-                match answer.outcome() {
-                    DocOutcome::Stored => {
-                        shared
-                            .used
-                            .fetch_add(entry.doc.len() as u64, Ordering::Relaxed);
-                        stored.push(entry.seq);
-                    }
-                    DocOutcome::Retry(_) => retry += 1,
-                    DocOutcome::Refused(reason) => {
-                        tracing::error!(
-                            "CouchDB refused spooled blob {}: {reason}; it stays in the spool's `rejected` table",
-                            entry.id
-                        );
-                        rejected.push((entry, reason));
-                    }
-                }
-            }
-            let forwarded = stored.len();
-            spool.remove(stored, rejected).await?;
-            tracing::debug!(forwarded, waiting = spool.len(), "forwarded spooled blobs");
-            Ok::<usize, StoreError>(retry)
-        };
-        match round.await {
-            Ok(0) => backoff.reset(),
-            Ok(retry) => {
-                tracing::debug!("{retry} spooled blobs to retry");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(e) => {
-                tracing::debug!("forwarding the spool: {e}");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
-}
-
 /// The integer timestamp of a view key (the original's data may hold floats).
 fn key_ts(key: &Value) -> Option<i64> {
     key.as_i64().or_else(|| key.as_f64().map(|f| f as i64))
 }
 
 #[async_trait]
-impl Store for CouchStore {
+impl BlobStore for CouchStore {
     fn describe(&self) -> String {
         format!(
             "CouchDB {} (spool {})",
@@ -308,32 +228,11 @@ impl Store for CouchStore {
         )
     }
 
-    fn epoch(&self) -> &str {
-        self.shared.epoch()
-    }
-
     fn used_bytes(&self) -> u64 {
         self.shared.used.load(Ordering::Relaxed)
     }
 
-    fn check_seq(&self, _seq: &Seq) -> Result<(), StoreError> {
-        // Opaque: CouchDB alone knows whether it made this seq.
-        Ok(())
-    }
-
-    async fn write(&self, blobs: Vec<Blob>) -> Result<(), StoreError> {
-        self.write_each(blobs)
-            .await
-            .into_iter()
-            .find(Result::is_err)
-            .unwrap_or(Ok(()))
-    }
-
-    fn write_concurrency(&self) -> usize {
-        BULK_IN_FLIGHT
-    }
-
-    async fn write_each(&self, blobs: Vec<Blob>) -> Vec<Result<(), StoreError>> {
+    async fn write(&self, blobs: Vec<Blob>) -> Vec<Result<(), StoreError>> {
         let mut results = vec![Ok(()); blobs.len()];
         let to_spool: Vec<usize> = if self.spool.is_empty() {
             let _order = self.order.read().await;
@@ -345,11 +244,18 @@ impl Store for CouchStore {
         } else {
             (0..blobs.len()).collect()
         };
+        // A mark per blob: a membership test per blob would make a failed
+        // batch of n blobs cost n² here.
+        let mut spooled = vec![false; blobs.len()];
+        for &i in &to_spool {
+            spooled[i] = true;
+        }
         let stored: u64 = blobs
             .iter()
-            .enumerate()
-            .filter(|(i, _)| results[*i].is_ok() && !to_spool.contains(i))
-            .map(|(_, b)| b.doc.as_str().len() as u64)
+            .zip(&results)
+            .zip(&spooled)
+            .filter(|((_, result), spooled)| result.is_ok() && !**spooled)
+            .map(|((b, _), _)| b.doc.as_str().len() as u64)
             .sum();
         self.shared.used.fetch_add(stored, Ordering::Relaxed);
         if to_spool.is_empty() {
@@ -472,73 +378,6 @@ impl Store for CouchStore {
         self.shared.couch.count().await.map_err(unavailable)
     }
 
-    async fn changes_since(
-        &self,
-        since: Option<&Seq>,
-        max: usize,
-    ) -> Result<Vec<Change>, StoreError> {
-        let mut since = since.map(|s| s.0.clone()).unwrap_or_else(|| Value::from(0));
-        loop {
-            let params: Vec<(&str, Cow<str>)> = vec![
-                ("include_docs", "true".into()),
-                ("limit", max.to_string().into()),
-                ("since", relay::since_param(&since).into()),
-            ];
-            let bytes = self.changes_answer(&params).await?;
-            let page = changes_page(&bytes)?;
-            let fetched = page.results.len();
-            let changes = changes_of(page.results);
-            // A page of only skipped changes (design docs, smashes) is not
-            // the end of the feed: read on, so "empty" keeps meaning "caught up".
-            if !changes.is_empty() || fetched < max {
-                return Ok(changes);
-            }
-            match page.last_seq {
-                Some(last) if last != since => since = last,
-                _ => return Ok(changes),
-            }
-        }
-    }
-
-    async fn recent_changes(&self, n: usize) -> Result<Vec<Change>, StoreError> {
-        let params: Vec<(&str, Cow<str>)> = vec![
-            ("include_docs", "true".into()),
-            ("descending", "true".into()),
-            ("limit", n.to_string().into()),
-        ];
-        let bytes = self.changes_answer(&params).await?;
-        let page = changes_page(&bytes)?;
-        let mut changes = changes_of(page.results);
-        changes.reverse();
-        Ok(changes)
-    }
-
-    async fn replay_start(&self, n: usize) -> Result<Option<Seq>, StoreError> {
-        // Counted on the raw feed, deletions and design documents included:
-        // a replay may then hold fewer than `n` blobs, but never the whole
-        // database because recent changes were smashes.
-        let params: Vec<(&str, Cow<str>)> = vec![
-            ("descending", "true".into()),
-            ("limit", (n + 1).to_string().into()),
-        ];
-        let bytes = self.changes_answer(&params).await?;
-        let page = changes_page(&bytes)?;
-        if page.results.len() <= n {
-            return Ok(None);
-        }
-        Ok(page
-            .results
-            .into_iter()
-            .next_back()
-            .and_then(|line| line.seq)
-            .map(Seq))
-    }
-
-    async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
-        let info = self.shared.couch.info().await.map_err(unavailable)?;
-        Ok(info.get("update_seq").cloned().map(Seq))
-    }
-
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
         // Deleted blobs must reach the caller: a failure after some rounds
         // returns what was taken (the rest stays stored) instead of an error
@@ -655,23 +494,4 @@ impl Store for CouchStore {
             None => Ok(taken),
         }
     }
-}
-
-/// The blob changes of a `_changes` answer: no design documents, no deletions.
-fn changes_of(lines: Vec<client::ChangeLine<'_>>) -> Vec<Change> {
-    lines
-        .into_iter()
-        .filter_map(|line| {
-            let id = line.id?;
-            if line.deleted || id.starts_with('_') {
-                return None;
-            }
-            let (doc, _) = blob_doc(line.doc?.get()).ok()?;
-            Some(Change {
-                seq: Seq(line.seq?),
-                id: id.into(),
-                doc,
-            })
-        })
-        .collect()
 }

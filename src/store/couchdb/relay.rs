@@ -1,25 +1,25 @@
-//! The `_changes` relay: follows CouchDB's continuous feed and publishes
-//! every new blob to the hub, so blobs written through any kpiggybank node
-//! reach the subscribers of every node.
+//! The `_changes` relay, the live side of the CouchDB store's feed: follows
+//! CouchDB's continuous feed and sends every new blob to the feed, so blobs
+//! written through any kpiggybank node reach the subscribers of every node.
 //!
 //! `since` advances only past lines that were fully read and handled, so a
 //! feed cut anywhere (CouchDB restarted, a connection cut mid-line) resumes
 //! without a gap; ids relayed recently are remembered, so a feed that
 //! rewinds (CouchDB 3 may, after a shard moves) relays nothing twice.
 
-use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 
 use super::Shared;
 use super::client::{ChangeLine, CouchError, blob_doc};
-use crate::hub::Hub;
-use crate::store::{Change, Seq};
+use crate::feed::{Change, FeedSender, Seq};
+use crate::recent_ids::RecentIds;
 
 /// Heartbeat asked of CouchDB (ms on the wire); an idle feed still proves it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -32,7 +32,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// default `max_document_size` is 8 MB; a longer line is skipped, not buffered.
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Lines handled per hub publish, when CouchDB sends faster than we relay.
+/// Lines handled per send to the feed, when CouchDB sends faster than we relay.
 const LINES_PER_PUBLISH: usize = 512;
 
 /// Ids remembered to drop a rewound feed's repeats; a rewind goes back at
@@ -67,37 +67,39 @@ impl Backoff {
     }
 }
 
-/// A bounded set of recently relayed ids.
-struct RecentIds {
-    order: VecDeque<Arc<str>>,
-    set: HashSet<Arc<str>>,
+/// One line of the feed, or the news that one was too long to keep.
+#[derive(Debug, PartialEq, Eq)]
+enum Line {
+    /// A whole line.
+    Text(String),
+    /// A line over [`MAX_LINE_BYTES`], discarded as it streams by.
+    TooLong,
 }
 
-impl RecentIds {
-    fn new() -> RecentIds {
-        RecentIds {
-            order: VecDeque::new(),
-            set: HashSet::new(),
+/// [`LinesCodec`] that reports an over-long line as [`Line::TooLong`]
+/// instead of an error: `FramedRead` ends its stream after any error, and a
+/// relay that reconnected from the same `since` would meet the same line and
+/// loop forever. The codec itself skips the rest of that line and goes on.
+struct FeedLines(LinesCodec);
+
+impl Decoder for FeedLines {
+    type Item = Line;
+    type Error = LinesCodecError;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, LinesCodecError> {
+        match self.0.decode(buf) {
+            Ok(line) => Ok(line.map(Line::Text)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+            Err(e) => Err(e),
         }
     }
 
-    /// Remembers `id`; false when it was relayed already.
-    fn insert(&mut self, id: &Arc<str>) -> bool {
-        if !self.set.insert(id.clone()) {
-            return false;
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, LinesCodecError> {
+        match self.0.decode_eof(buf) {
+            Ok(line) => Ok(line.map(Line::Text)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::TooLong)),
+            Err(e) => Err(e),
         }
-        self.order.push_back(id.clone());
-        if self.order.len() > RELAYED_IDS
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
-    }
-
-    fn clear(&mut self) {
-        self.order.clear();
-        self.set.clear();
     }
 }
 
@@ -127,12 +129,12 @@ enum FeedEnd {
 }
 
 /// Relays the feed after `since` (`None`: from the start) forever.
-pub async fn run(shared: Arc<Shared>, hub: Arc<Hub>, since: Option<Seq>) {
+pub async fn run(shared: Arc<Shared>, feed: FeedSender, since: Option<Seq>) {
     let mut since = since.map(|s| s.0).unwrap_or_else(|| Value::from(0));
-    let mut relayed = RecentIds::new();
+    let mut relayed = RecentIds::new(RELAYED_IDS);
     let mut backoff = Backoff::default();
     loop {
-        match follow(&shared, &hub, &mut since, &mut relayed, &mut backoff).await {
+        match follow(&shared, &feed, &mut since, &mut relayed, &mut backoff).await {
             Ok(()) => tracing::debug!("the CouchDB feed ended at last_seq {since}; reconnecting"),
             Err(e) => {
                 let wait = backoff.next_delay();
@@ -148,7 +150,7 @@ pub async fn run(shared: Arc<Shared>, hub: Arc<Hub>, since: Option<Seq>) {
 /// One connection to the feed; `Ok` when CouchDB ended it with `last_seq`.
 async fn follow(
     shared: &Shared,
-    hub: &Hub,
+    feed: &FeedSender,
     since: &mut Value,
     relayed: &mut RecentIds,
     backoff: &mut Backoff,
@@ -156,17 +158,18 @@ async fn follow(
     // A database that was deleted (and maybe re-created) has a new epoch:
     // its seqs start over, so resuming from our old seq would skip changes.
     let epoch = shared.couch.ensure_database().await?;
-    if epoch != shared.epoch() {
+    if *epoch != *shared.epoch() {
         tracing::warn!(
             "CouchDB database {} was re-created (epoch {} → {epoch}); relaying it from its start",
             shared.couch.describe(),
             shared.epoch()
         );
-        shared.set_epoch(epoch);
+        let epoch: Arc<str> = epoch.into();
+        shared.set_epoch(epoch.clone());
         *since = Value::from(0);
         relayed.clear();
-        // The ring's seqs mean nothing in the new database.
-        hub.reset(None);
+        // The old seqs mean nothing in the new database.
+        feed.reset(epoch, None);
     }
     let response = tokio::time::timeout(
         IDLE_TIMEOUT,
@@ -181,7 +184,7 @@ async fn follow(
         .map_err(|e| std::io::Error::other(shared.couch.stream_error(&e)));
     let mut lines = FramedRead::new(
         StreamReader::new(body),
-        LinesCodec::new_with_max_length(MAX_LINE_BYTES),
+        FeedLines(LinesCodec::new_with_max_length(MAX_LINE_BYTES)),
     )
     .ready_chunks(LINES_PER_PUBLISH);
     loop {
@@ -209,8 +212,8 @@ async fn follow(
                 }
             }
         }
-        // Publish what was read before any break, then move `since` past it.
-        hub.publish(changes);
+        // Send what was read before any break, then move `since` past it.
+        feed.changes(changes);
         if let Some(seq) = last {
             *since = seq;
         }
@@ -232,15 +235,17 @@ enum Handled {
 }
 
 fn handle_line(
-    line: Result<String, LinesCodecError>,
+    line: Result<Line, LinesCodecError>,
     relayed: &mut RecentIds,
     changes: &mut Vec<Change>,
 ) -> Result<Handled, FeedEnd> {
     let line = match line {
-        Ok(line) => line,
-        Err(LinesCodecError::MaxLineLengthExceeded) => {
-            // The codec discards the rest of that line and goes on.
-            tracing::error!("skipped a CouchDB change longer than {MAX_LINE_BYTES} bytes");
+        Ok(Line::Text(line)) => line,
+        Ok(Line::TooLong) | Err(LinesCodecError::MaxLineLengthExceeded) => {
+            // Its seq is unknown: `since` moves past it with the next line.
+            tracing::error!(
+                "skipped a CouchDB change longer than {MAX_LINE_BYTES} bytes: its blob is not relayed"
+            );
             return Ok(Handled::Nothing);
         }
         Err(LinesCodecError::Io(e)) => return Err(FeedEnd::Cut(e.to_string())),
@@ -309,16 +314,16 @@ mod tests {
 
     #[test]
     fn lines_are_relayed_once_and_skips_still_advance() {
-        let mut relayed = RecentIds::new();
+        let mut relayed = RecentIds::new(RELAYED_IDS);
         let mut changes = Vec::new();
         let line =
             r#"{"seq":"3-abc","id":"x","changes":[],"doc":{"timestamp":1,"_id":"x","_rev":"1-a"}}"#;
         assert!(matches!(
-            handle_line(Ok(line.into()), &mut relayed, &mut changes),
+            handle_line(Ok(Line::Text(line.into())), &mut relayed, &mut changes),
             Ok(Handled::Seq(_))
         ));
         assert!(matches!(
-            handle_line(Ok(line.into()), &mut relayed, &mut changes),
+            handle_line(Ok(Line::Text(line.into())), &mut relayed, &mut changes),
             Ok(Handled::Seq(_))
         ));
         assert_eq!(changes.len(), 1);
@@ -326,19 +331,41 @@ mod tests {
         assert_eq!(changes[0].seq, Seq(Value::String("3-abc".into())));
         let design = r#"{"seq":4,"id":"_design/data","changes":[],"doc":{"_id":"_design/data"}}"#;
         assert!(matches!(
-            handle_line(Ok(design.into()), &mut relayed, &mut changes),
+            handle_line(Ok(Line::Text(design.into())), &mut relayed, &mut changes),
             Ok(Handled::Seq(Value::Number(_)))
         ));
         let cut = r#"{"seq":5,"id":"y","doc":{"timest"#;
-        assert!(handle_line(Ok(cut.into()), &mut relayed, &mut changes).is_err());
+        assert!(handle_line(Ok(Line::Text(cut.into())), &mut relayed, &mut changes).is_err());
         assert!(matches!(
             handle_line(
-                Ok(r#"{"last_seq":"9-x","pending":0}"#.into()),
+                Ok(Line::Text(r#"{"last_seq":"9-x","pending":0}"#.into())),
                 &mut relayed,
                 &mut changes
             ),
             Ok(Handled::End(_))
         ));
         assert_eq!(changes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_line_over_the_limit_is_skipped_and_the_feed_goes_on() {
+        let long = "x".repeat(64);
+        let input = format!("{{\"seq\":1}}\n{long}\n{{\"seq\":3}}\n");
+        let mut lines = FramedRead::new(
+            input.as_bytes(),
+            FeedLines(LinesCodec::new_with_max_length(16)),
+        );
+        let mut got = Vec::new();
+        while let Some(line) = lines.next().await {
+            got.push(line.unwrap());
+        }
+        assert_eq!(
+            got,
+            vec![
+                Line::Text(r#"{"seq":1}"#.into()),
+                Line::TooLong,
+                Line::Text(r#"{"seq":3}"#.into()),
+            ]
+        );
     }
 }

@@ -3,19 +3,24 @@
 //! Durability: `synchronous=FULL`, so a commit is on disk before the batcher
 //! answers anyone; every acknowledged blob survives a crash or kill -9. The
 //! batcher hands over whole batches, so one fsync covers many blobs.
+//!
+//! Feed: the seq is the row's `INTEGER PRIMARY KEY`; each commit's changes go
+//! to the feed while the write lock is still held, so they leave in seq order.
+
+mod feed;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Change, Page, RangeCursor, RangeQuery, Seq, Store, StoreError, int_seq, new_epoch};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
 use crate::blob::{Blob, Doc};
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::feed::{Change, FeedError, FeedSender, Seq, new_epoch};
 
 /// Read connections kept open between reads; more are opened under load.
 const READ_POOL: usize = 8;
@@ -43,14 +48,20 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
-    hub: Arc<Hub>,
-    epoch: String,
+    feed: FeedSender,
+    epoch: Arc<str>,
     count: AtomicU64,
     used: AtomicU64,
+    /// The greatest seq ever handed out (0: none); smashes never lower it.
+    newest: AtomicI64,
 }
 
 fn sql(e: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("SQLite: {e}"))
+}
+
+fn feed_error(e: StoreError) -> FeedError {
+    FeedError::Unavailable(e.to_string())
 }
 
 fn open_connection(path: &PathBuf) -> Result<Connection, StoreError> {
@@ -64,7 +75,7 @@ fn open_connection(path: &PathBuf) -> Result<Connection, StoreError> {
 
 impl EmbeddedStore {
     /// Opens (or creates) `DATA_DIR/DB_NAME.sqlite3`.
-    pub async fn open(config: &Config, hub: Arc<Hub>) -> Result<EmbeddedStore, StoreError> {
+    pub async fn open(config: &Config, feed: FeedSender) -> Result<EmbeddedStore, StoreError> {
         let path = config.data_dir.join(format!("{}.sqlite3", config.db_name));
         let dir = config.data_dir.clone();
         let inner = tokio::task::spawn_blocking(move || -> Result<Inner, StoreError> {
@@ -84,7 +95,7 @@ impl EmbeddedStore {
             conn.execute_batch(SCHEMA).map_err(sql)?;
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)",
-                [new_epoch()],
+                [&*new_epoch()],
             )
             .map_err(sql)?;
             let epoch: String = conn
@@ -99,24 +110,35 @@ impl EmbeddedStore {
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(sql)?;
+            let newest: i64 = conn
+                .query_row(
+                    "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'blobs'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
             Ok(Inner {
                 path,
                 writer: Mutex::new(conn),
                 readers: Mutex::new(Vec::new()),
-                hub,
-                epoch,
+                feed,
+                epoch: epoch.into(),
                 count: AtomicU64::new(count as u64),
                 used: AtomicU64::new(used as u64),
+                newest: AtomicI64::new(newest),
             })
         })
         .await
-        .expect("open task does not panic")?;
-        let store = EmbeddedStore {
+        .map_err(|e| StoreError::Unavailable(format!("open task failed: {e}")))??;
+        Ok(EmbeddedStore {
             inner: Arc::new(inner),
-        };
-        let start = store.current_seq().await?;
-        store.inner.hub.set_start_seq(start);
-        Ok(store)
+        })
+    }
+
+    /// The seq of the newest change (`None`: nothing was ever stored).
+    pub fn newest_seq(&self) -> Option<Seq> {
+        let n = self.inner.newest.load(Ordering::Acquire);
+        (n > 0).then(|| Seq::int(n))
     }
 
     /// Runs `f` on a pooled read connection, off the async threads.
@@ -156,21 +178,39 @@ impl EmbeddedStore {
     }
 }
 
-fn range_sql(query: &RangeQuery, after: bool) -> String {
-    let (cmp, order) = if query.descending {
-        ("<", "DESC")
+/// A page of a range read: `?1..=?2` by timestamp, after the cursor
+/// `(?3, ?4)` when there is one, at most `?5` rows.
+fn range_sql(descending: bool, after: bool) -> &'static str {
+    match (descending, after) {
+        (false, false) => {
+            "SELECT ts, id, doc FROM blobs WHERE ts >= ?1 AND ts <= ?2 \
+             ORDER BY ts ASC, id ASC LIMIT ?5"
+        }
+        (false, true) => {
+            "SELECT ts, id, doc FROM blobs WHERE ts >= ?1 AND ts <= ?2 AND (ts, id) > (?3, ?4) \
+             ORDER BY ts ASC, id ASC LIMIT ?5"
+        }
+        (true, false) => {
+            "SELECT ts, id, doc FROM blobs WHERE ts >= ?1 AND ts <= ?2 \
+             ORDER BY ts DESC, id DESC LIMIT ?5"
+        }
+        (true, true) => {
+            "SELECT ts, id, doc FROM blobs WHERE ts >= ?1 AND ts <= ?2 AND (ts, id) < (?3, ?4) \
+             ORDER BY ts DESC, id DESC LIMIT ?5"
+        }
+    }
+}
+
+/// What a smash takes: `?1..=?2` by timestamp, in the query's order, at
+/// most `?3` rows (-1: all).
+fn smash_sql(descending: bool) -> &'static str {
+    if descending {
+        "SELECT seq, doc FROM blobs WHERE ts >= ?1 AND ts <= ?2 \
+         ORDER BY ts DESC, id DESC LIMIT ?3"
     } else {
-        (">", "ASC")
-    };
-    let cursor = if after {
-        format!("AND (ts, id) {cmp} (?3, ?4)")
-    } else {
-        String::new()
-    };
-    format!(
-        "SELECT ts, id, doc FROM blobs WHERE ts >= ?1 AND ts <= ?2 {cursor} \
-         ORDER BY ts {order}, id {order} LIMIT ?5"
-    )
+        "SELECT seq, doc FROM blobs WHERE ts >= ?1 AND ts <= ?2 \
+         ORDER BY ts ASC, id ASC LIMIT ?3"
+    }
 }
 
 fn change_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
@@ -182,52 +222,55 @@ fn change_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Change> {
 }
 
 #[async_trait]
-impl Store for EmbeddedStore {
+impl BlobStore for EmbeddedStore {
     fn describe(&self) -> String {
         format!("embedded SQLite store {}", self.inner.path.display())
-    }
-
-    fn epoch(&self) -> &str {
-        &self.inner.epoch
     }
 
     fn used_bytes(&self) -> u64 {
         self.inner.used.load(Ordering::Relaxed)
     }
 
-    async fn write(&self, blobs: Vec<Blob>) -> Result<(), StoreError> {
-        self.write_with(move |inner, conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql)?;
-            let mut changes = Vec::with_capacity(blobs.len());
-            let mut bytes = 0;
-            {
-                let mut insert = tx
-                    .prepare_cached("INSERT INTO blobs (id, ts, doc) VALUES (?1, ?2, ?3)")
+    async fn write(&self, blobs: Vec<Blob>) -> Vec<Result<(), StoreError>> {
+        let n = blobs.len();
+        // All or nothing: one transaction, one answer for every blob.
+        let written = self
+            .write_with(move |inner, conn| {
+                let tx = conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(sql)?;
-                for blob in blobs {
-                    insert
-                        .execute(params![&*blob.id, blob.timestamp, blob.doc.as_str()])
+                let mut changes = Vec::with_capacity(blobs.len());
+                let mut bytes = 0;
+                {
+                    let mut insert = tx
+                        .prepare_cached("INSERT INTO blobs (id, ts, doc) VALUES (?1, ?2, ?3)")
                         .map_err(sql)?;
-                    bytes += blob.doc.as_str().len() as u64;
-                    changes.push(Change {
-                        seq: Seq::int(tx.last_insert_rowid()),
-                        id: blob.id,
-                        doc: blob.doc,
-                    });
+                    for blob in blobs {
+                        insert
+                            .execute(params![&*blob.id, blob.timestamp, blob.doc.as_str()])
+                            .map_err(sql)?;
+                        bytes += blob.doc.as_str().len() as u64;
+                        changes.push(Change {
+                            seq: Seq::int(tx.last_insert_rowid()),
+                            id: blob.id,
+                            doc: blob.doc,
+                        });
+                    }
                 }
-            }
-            tx.commit().map_err(sql)?;
-            inner
-                .count
-                .fetch_add(changes.len() as u64, Ordering::Relaxed);
-            inner.used.fetch_add(bytes, Ordering::Relaxed);
-            // Still holding the write lock: the feed sees commits in seq order.
-            inner.hub.publish(changes);
-            Ok(())
-        })
-        .await
+                tx.commit().map_err(sql)?;
+                inner
+                    .count
+                    .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                inner.used.fetch_add(bytes, Ordering::Relaxed);
+                if let Some(last) = changes.last().and_then(|c| c.seq.as_int()) {
+                    inner.newest.store(last, Ordering::Release);
+                }
+                // Still holding the write lock: the feed gets commits in seq order.
+                inner.feed.changes(changes);
+                Ok(())
+            })
+            .await;
+        vec![written; n]
     }
 
     async fn range_page(
@@ -236,12 +279,12 @@ impl Store for EmbeddedStore {
         after: Option<&RangeCursor>,
         max: usize,
     ) -> Result<Page, StoreError> {
-        let sql_text = range_sql(query, after.is_some());
+        let sql_text = range_sql(query.descending, after.is_some());
         let start = query.start.unwrap_or(i64::MIN);
         let end = query.end.unwrap_or(i64::MAX);
         let after = after.cloned();
         self.read(move |conn| {
-            let mut stmt = conn.prepare_cached(&sql_text)?;
+            let mut stmt = conn.prepare_cached(sql_text)?;
             let (cts, cid) = after
                 .map(|c| (c.timestamp, c.id.to_string()))
                 .unwrap_or((0, String::new()));
@@ -280,59 +323,8 @@ impl Store for EmbeddedStore {
         Ok(self.inner.count.load(Ordering::Relaxed))
     }
 
-    async fn changes_since(
-        &self,
-        since: Option<&Seq>,
-        max: usize,
-    ) -> Result<Vec<Change>, StoreError> {
-        let since = since.map(int_seq).transpose()?.unwrap_or(0);
-        self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT seq, id, doc FROM blobs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?
-            .query_map(params![since, max as i64], change_row)?
-            .collect()
-        })
-        .await
-    }
-
-    async fn recent_changes(&self, n: usize) -> Result<Vec<Change>, StoreError> {
-        let mut changes = self
-            .read(move |conn| {
-                conn.prepare_cached("SELECT seq, id, doc FROM blobs ORDER BY seq DESC LIMIT ?1")?
-                    .query_map([n as i64], change_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .await?;
-        changes.reverse();
-        Ok(changes)
-    }
-
-    async fn replay_start(&self, n: usize) -> Result<Option<Seq>, StoreError> {
-        self.read(move |conn| {
-            conn.prepare_cached("SELECT seq FROM blobs ORDER BY seq DESC LIMIT 1 OFFSET ?1")?
-                .query_row([n as i64], |r| r.get::<_, i64>(0))
-                .optional()
-                .map(|s| s.map(Seq::int))
-        })
-        .await
-    }
-
-    async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
-        self.read(|conn| {
-            conn.query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'blobs'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|s| s.map(Seq::int))
-        })
-        .await
-    }
-
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
-        let sql_text = range_sql(query, false).replace("SELECT ts, id, doc", "SELECT seq, doc");
+        let sql_text = smash_sql(query.descending);
         let start = query.start.unwrap_or(i64::MIN);
         let end = query.end.unwrap_or(i64::MAX);
         let limit = query
@@ -344,12 +336,10 @@ impl Store for EmbeddedStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(sql)?;
             let taken: Vec<(i64, String)> = tx
-                .prepare(&sql_text)
+                .prepare_cached(sql_text)
                 .and_then(|mut stmt| {
-                    stmt.query_map(params![start, end, 0, "", limit], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?
-                    .collect()
+                    stmt.query_map(params![start, end, limit], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
                 })
                 .map_err(sql)?;
             {

@@ -1,5 +1,7 @@
 //! In-process store: fast, and nothing survives the process (a warning says so at start).
 
+mod feed;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
@@ -7,15 +9,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Change, Page, RangeCursor, RangeQuery, Seq, Store, StoreError, int_seq, new_epoch};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
 use crate::blob::{Blob, Doc};
-use crate::hub::Hub;
+use crate::feed::{Change, FeedSender, Seq, new_epoch};
 
 /// The memory store.
 pub struct MemoryStore {
     state: Mutex<State>,
-    hub: Arc<Hub>,
-    epoch: String,
+    feed: FeedSender,
+    epoch: Arc<str>,
 }
 
 #[derive(Default)]
@@ -79,31 +81,33 @@ impl State {
 }
 
 impl MemoryStore {
-    /// An empty store publishing to `hub`.
-    pub fn new(hub: Arc<Hub>) -> MemoryStore {
+    /// An empty store whose changes go to `feed`.
+    pub fn new(feed: FeedSender) -> MemoryStore {
         MemoryStore {
             state: Mutex::new(State::default()),
-            hub,
+            feed,
             epoch: new_epoch(),
         }
+    }
+
+    fn newest_seq(&self) -> Option<Seq> {
+        let last = self.state.lock().last_seq;
+        (last > 0).then(|| Seq::int(last))
     }
 }
 
 #[async_trait]
-impl Store for MemoryStore {
+impl BlobStore for MemoryStore {
     fn describe(&self) -> String {
         "memory store (nothing is saved)".into()
-    }
-
-    fn epoch(&self) -> &str {
-        &self.epoch
     }
 
     fn used_bytes(&self) -> u64 {
         self.state.lock().used
     }
 
-    async fn write(&self, blobs: Vec<Blob>) -> Result<(), StoreError> {
+    async fn write(&self, blobs: Vec<Blob>) -> Vec<Result<(), StoreError>> {
+        let n = blobs.len();
         let mut state = self.state.lock();
         let mut changes = Vec::with_capacity(blobs.len());
         for blob in blobs {
@@ -122,9 +126,9 @@ impl Store for MemoryStore {
             state.feed.insert(seq, change.clone());
             changes.push(change);
         }
-        // Under the state lock: the feed sees writes in seq order.
-        self.hub.publish(changes);
-        Ok(())
+        // Under the state lock: the feed gets writes in seq order.
+        self.feed.changes(changes);
+        vec![Ok(()); n]
     }
 
     async fn range_page(
@@ -148,33 +152,6 @@ impl Store for MemoryStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         Ok(self.state.lock().by_id.len() as u64)
-    }
-
-    async fn changes_since(
-        &self,
-        since: Option<&Seq>,
-        max: usize,
-    ) -> Result<Vec<Change>, StoreError> {
-        let since = since.map(int_seq).transpose()?.unwrap_or(0);
-        let state = self.state.lock();
-        Ok(state
-            .feed
-            .range(since + 1..)
-            .take(max)
-            .map(|(_, c)| c.clone())
-            .collect())
-    }
-
-    async fn recent_changes(&self, n: usize) -> Result<Vec<Change>, StoreError> {
-        let state = self.state.lock();
-        let mut changes: Vec<Change> = state.feed.values().rev().take(n).cloned().collect();
-        changes.reverse();
-        Ok(changes)
-    }
-
-    async fn current_seq(&self) -> Result<Option<Seq>, StoreError> {
-        let last = self.state.lock().last_seq;
-        Ok((last > 0).then(|| Seq::int(last)))
     }
 
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {

@@ -1,5 +1,5 @@
 //! The WebSocket endpoint `/wsapi/ws`: push blobs and follow the change feed
-//! on one socket (the frames are described in [`protocol`]).
+//! on one socket (the frames are described in [`crate::protocol`]).
 //!
 //! One task per connection runs a `select!` over: the answers of pushes in
 //! flight, incoming frames, the subscription's next changes, server pings,
@@ -8,9 +8,6 @@
 //! reader falls behind in the hub (and is caught up from the store), never
 //! in our memory.
 
-pub mod protocol;
-pub mod registry;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::Response;
@@ -32,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Origins;
 use crate::error::ApiError;
-use crate::hub::{Entry, Start, Subscription};
-use crate::server::AppState;
-use crate::store::{Seq, StoreError};
-use protocol::ClientFrame;
-use registry::ConnGuard;
+use crate::feed::{FeedError, Seq, Start};
+use crate::hub::{Entry, Subscription};
+use crate::protocol::{self, ClientFrame, Follow, FrameError, Given};
+use crate::registry::ConnGuard;
+use crate::state::AppState;
 
 /// Pushes a connection may have waiting for the store; past it we stop
 /// reading the socket, so a flooding producer is slowed by TCP, not buffered.
@@ -118,35 +115,18 @@ fn check_origin(allowed: &Origins, headers: &HeaderMap) -> Result<(), ApiError> 
 
 /// `?subscribe`, `?since=…&epoch=…` or `?last=N` subscribe at connect time,
 /// so watching the feed with websocat takes one command.
-fn auto_subscribe(
-    params: &HashMap<String, String>,
-) -> Result<Option<(Start, Option<String>)>, ApiError> {
-    let since = params.get("since").filter(|s| !s.is_empty());
-    let last = params.get("last").filter(|s| !s.is_empty());
-    let epoch = params.get("epoch").filter(|s| !s.is_empty()).cloned();
-    let start = match (since, last) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::BadParam {
-                name: "last",
-                value: last.unwrap().clone(),
-                expected: "absent when `since` is given",
-            });
-        }
-        (Some(since), None) => Start::Since(Seq::from_param(since)),
-        (None, Some(n)) => Start::Last(
-            n.parse::<u64>()
-                .ok()
-                .filter(|n| *n <= protocol::MAX_REPLAY)
-                .ok_or_else(|| ApiError::BadParam {
-                    name: "last",
-                    value: n.clone(),
-                    expected: "a number of blobs, at most 10000",
-                })? as usize,
-        ),
-        (None, None) if params.contains_key("subscribe") => Start::Now,
-        (None, None) => return Ok(None),
+fn auto_subscribe(params: &HashMap<String, String>) -> Result<Option<Follow>, ApiError> {
+    let param = |name: &str| {
+        params
+            .get(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| Given::Param(v))
     };
-    Ok(Some((start, epoch)))
+    let (since, last) = (param("since"), param("last"));
+    if since.is_none() && last.is_none() && !params.contains_key("subscribe") {
+        return Ok(None);
+    }
+    Ok(Some(protocol::follow(since, last, param("epoch"))?))
 }
 
 /// Why a connection ended.
@@ -180,12 +160,7 @@ struct Conn {
     pending_bytes: usize,
 }
 
-async fn serve(
-    socket: WebSocket,
-    state: AppState,
-    guard: ConnGuard,
-    auto: Option<(Start, Option<String>)>,
-) {
+async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Option<Follow>) {
     let (sink, mut stream) = socket.split();
     let send_timeout = state.config.ws_send_timeout;
     let ping_every = state.config.ws_ping_interval;
@@ -200,8 +175,8 @@ async fn serve(
         pending: FuturesUnordered::new(),
         pending_bytes: 0,
     };
-    if let Some((start, epoch)) = auto
-        && conn.subscribe(None, start, epoch).await.is_err()
+    if let Some(follow) = auto
+        && conn.subscribe(None, follow).await.is_err()
     {
         return;
     }
@@ -233,7 +208,7 @@ async fn serve(
                     Some(Err(e)) => break if is_too_big(e) { End::TooBig } else { End::Gone },
                     Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
                     Some(Ok(Message::Binary(_))) => {
-                        let err = ApiError::BadFrame("binary frames are not accepted: send JSON text frames".into());
+                        let err = ApiError::from(FrameError::BadFrame("binary frames are not accepted: send JSON text frames".into()));
                         conn.send_text(err.ws_frame(None), send_timeout).await
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
@@ -278,7 +253,7 @@ async fn serve(
 }
 
 /// Waits for the subscription's next changes; never resolves without one.
-async fn next_changes(sub: &mut Option<Subscription>) -> Result<Vec<Arc<Entry>>, StoreError> {
+async fn next_changes(sub: &mut Option<Subscription>) -> Result<Vec<Arc<Entry>>, FeedError> {
     match sub {
         Some(sub) => sub.next().await,
         None => std::future::pending().await,
@@ -338,7 +313,10 @@ impl Conn {
         let deadline = Instant::now() + limit;
         for entry in entries {
             let left = deadline.saturating_duration_since(Instant::now());
-            let frame = Message::Text(entry.frame.clone());
+            // The ring's frames are built as UTF-8 (protocol::change_frame);
+            // this check is a plain scan of an ASCII-heavy buffer.
+            let text = Utf8Bytes::try_from(entry.frame.clone()).map_err(|_| ())?;
+            let frame = Message::Text(text);
             timed(&shutdown, left, self.sink.feed(frame)).await?;
             self.last_sent = Some(entry.seq.clone());
         }
@@ -376,13 +354,9 @@ impl Conn {
                 self.send_text(ApiError::from(e).ws_frame(reference), limit)
                     .await
             }
-            Ok(ClientFrame::Subscribe {
-                reference,
-                start,
-                epoch,
-            }) => {
+            Ok(ClientFrame::Subscribe { reference, follow }) => {
                 let reference = reference.map(|r| r.to_owned());
-                self.subscribe(reference.as_deref(), start, epoch).await
+                self.subscribe(reference.as_deref(), follow).await
             }
             Ok(ClientFrame::Unsubscribe { reference }) => {
                 self.sub = None;
@@ -390,7 +364,10 @@ impl Conn {
                 self.send_text(protocol::unsubscribed(reference), limit)
                     .await
             }
-            Err((reference, e)) => self.send_text(e.ws_frame(reference), limit).await,
+            Err((reference, e)) => {
+                self.send_text(ApiError::from(e).ws_frame(reference), limit)
+                    .await
+            }
         }
     }
 
@@ -408,18 +385,13 @@ impl Conn {
     }
 
     /// Starts (or replaces) this connection's subscription and says so.
-    async fn subscribe(
-        &mut self,
-        reference: Option<&RawValue>,
-        start: Start,
-        epoch: Option<String>,
-    ) -> Result<(), ()> {
+    async fn subscribe(&mut self, reference: Option<&RawValue>, follow: Follow) -> Result<(), ()> {
         let limit = self.state.config.ws_send_timeout;
-        let replay = matches!(start, Start::Last(_));
+        let replay = matches!(follow.start, Start::Last(_));
         match self
             .state
             .hub
-            .subscribe(self.state.store.clone(), start, epoch.as_deref())
+            .subscribe(follow.start, follow.epoch.as_deref())
             .await
         {
             Ok(sub) => {

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use dashmap::DashMap;
 
@@ -13,8 +12,6 @@ use dashmap::DashMap;
 pub struct ConnInfo {
     /// The peer's address.
     pub peer: SocketAddr,
-    /// When it connected.
-    pub since: Instant,
     /// Whether it currently follows the change feed.
     pub subscribed: AtomicBool,
 }
@@ -60,7 +57,6 @@ impl Registry {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let info = Arc::new(ConnInfo {
             peer,
-            since: Instant::now(),
             subscribed: AtomicBool::new(false),
         });
         self.conns.insert(id, info.clone());

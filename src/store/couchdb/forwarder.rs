@@ -1,0 +1,91 @@
+//! Sends the spool on to CouchDB: in order, in large `_bulk_docs`, with the
+//! ids kpiggybank chose, removing each blob only once CouchDB confirmed it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::Shared;
+use super::client::DocOutcome;
+use super::relay::Backoff;
+use super::spool::Spool;
+use crate::store::StoreError;
+
+/// Spooled blobs forwarded per `_bulk_docs` request.
+const FORWARD_BATCH: usize = 1_000;
+
+/// How often the forwarder looks at the spool when nobody wakes it.
+const FORWARD_POLL: Duration = Duration::from_secs(1);
+
+fn unavailable(e: super::client::CouchError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// Forwards spooled blobs to CouchDB in order, removing each only once
+/// CouchDB confirmed it.
+pub async fn run(
+    shared: Arc<Shared>,
+    spool: Spool,
+    order: Arc<tokio::sync::RwLock<()>>,
+    wake: Arc<Notify>,
+    spooling: Arc<AtomicBool>,
+) {
+    let mut backoff = Backoff::default();
+    loop {
+        if spool.is_empty() {
+            if spooling.swap(false, Ordering::Relaxed) {
+                tracing::info!("the CouchDB spool is empty again: CouchDB has every blob");
+            }
+            let _ = tokio::time::timeout(FORWARD_POLL, wake.notified()).await;
+            continue;
+        }
+        let round = async {
+            let _order = order.write().await;
+            let entries = spool.oldest(FORWARD_BATCH).await?;
+            let pairs: Vec<(String, String)> = entries
+                .iter()
+                .map(|e| (e.id.clone(), e.doc.clone()))
+                .collect();
+            let answers = shared.couch.bulk_docs(&pairs).await.map_err(|e| {
+                shared.note(&e);
+                unavailable(e)
+            })?;
+            let (mut stored, mut rejected, mut retry) = (Vec::new(), Vec::new(), 0);
+            for (entry, answer) in entries.into_iter().zip(answers) {
+                match answer.outcome() {
+                    DocOutcome::Stored => {
+                        shared
+                            .used
+                            .fetch_add(entry.doc.len() as u64, Ordering::Relaxed);
+                        stored.push(entry.seq);
+                    }
+                    DocOutcome::Retry(_) => retry += 1,
+                    DocOutcome::Refused(reason) => {
+                        tracing::error!(
+                            "CouchDB refused spooled blob {}: {reason}; it stays in the spool's `rejected` table",
+                            entry.id
+                        );
+                        rejected.push((entry, reason));
+                    }
+                }
+            }
+            let forwarded = stored.len();
+            spool.remove(stored, rejected).await?;
+            tracing::debug!(forwarded, waiting = spool.len(), "forwarded spooled blobs");
+            Ok::<usize, StoreError>(retry)
+        };
+        match round.await {
+            Ok(0) => backoff.reset(),
+            Ok(retry) => {
+                tracing::debug!("{retry} spooled blobs to retry");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::debug!("forwarding the spool: {e}");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
+}
