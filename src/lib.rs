@@ -27,6 +27,7 @@
 //! - [`bench`]: the load generator behind `kpiggybank-bench` (docs/benchmarks.md).
 
 pub mod assets;
+pub mod backoff;
 pub mod batcher;
 pub mod bench;
 pub mod blob;
