@@ -12,7 +12,9 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-/// First wait before reconnecting; doubles up to [`MAX_BACKOFF`].
+use crate::backoff::Backoff;
+
+/// First reconnect step, doubling up to [`MAX_BACKOFF`] (see [`Backoff`]).
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Longest wait between reconnection attempts.
@@ -231,7 +233,7 @@ struct Frame {
 }
 
 async fn follow(ws_base: String, mut from: Follow, tx: mpsc::Sender<Result<Change, ClientError>>) {
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
     loop {
         let url = match &from {
             Follow::Now => format!("{ws_base}/wsapi/ws?subscribe"),
@@ -270,7 +272,7 @@ async fn follow(ws_base: String, mut from: Follow, tx: mpsc::Sender<Result<Chang
                 };
                 match frame.kind.as_str() {
                     "subscribed" => {
-                        backoff = MIN_BACKOFF;
+                        backoff.reset();
                         epoch = frame.epoch.clone();
                         // Nothing seen yet: resume from where the feed stood
                         // (null: an empty store, or a replay is coming).
@@ -319,9 +321,6 @@ async fn follow(ws_base: String, mut from: Follow, tx: mpsc::Sender<Result<Chang
         if tx.is_closed() {
             return;
         }
-        let jitter =
-            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 2 + 1));
-        tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }

@@ -15,7 +15,8 @@
 //!                                              (catch up from the store's ChangeFeed)
 //! ```
 //!
-//! - `config`: environment variables → [`Config`].
+//! - `config`: environment variables (or options; `--help`) → [`Config`].
+//! - `backoff`: the one reconnect delay (CouchDB relay and forwarder, the client).
 //! - `blob`: the only parser of submissions; the `Blob` type.
 //! - `store`: the `BlobStore` trait and one module per backend, each with
 //!   its change feed (`store/embedded/feed.rs`, `store/couchdb/feed.rs` and
@@ -35,6 +36,7 @@
 
 mod app;
 mod assets;
+mod backoff;
 mod batcher;
 mod blob;
 pub mod client;
@@ -53,5 +55,5 @@ mod state;
 mod store;
 mod ws;
 
-pub use config::{Config, ConfigError, Mode};
+pub use config::{Config, ConfigError, Startup, StartupError};
 pub use server::{App, StartError, run, serve};

@@ -1,30 +1,21 @@
-//! The `kpiggybank` server: configuration from the environment, logs, serve
-//! until SIGINT or SIGTERM.
+//! The `kpiggybank` server: configuration from the environment (or the
+//! command line; `--help` lists it), logs, serve until SIGINT or SIGTERM.
 
-use kpiggybank::{Config, Mode};
-use tracing_subscriber::EnvFilter;
+use kpiggybank::{Startup, StartupError};
 
 fn main() -> std::process::ExitCode {
-    let config = match Config::from_env() {
-        Ok(config) => config,
-        Err(e) => {
+    let Startup { config, log_filter } = match Startup::from_args(std::env::args_os()) {
+        Ok(startup) => startup,
+        // --help and --version land here too: clap prints them and exits 0;
+        // an argument it refuses exits 2, before anything is created.
+        Err(StartupError::Args(e)) => e.exit(),
+        Err(StartupError::Config(e)) => {
             eprintln!("kpiggybank: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    let default_filter = match config.mode {
-        Mode::Dev => "info,kpiggybank=debug",
-        Mode::Prod => "warn,kpiggybank::server=info",
-    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            // An empty RUST_LOG counts as unset, like the other variables.
-            std::env::var("RUST_LOG")
-                .ok()
-                .filter(|v| !v.trim().is_empty())
-                .and_then(|v| EnvFilter::try_new(v).ok())
-                .unwrap_or_else(|| EnvFilter::new(default_filter)),
-        )
+        .with_env_filter(log_filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

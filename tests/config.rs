@@ -1,10 +1,14 @@
 //! Configuration from the environment, as the process sees it: bad values
-//! stop the start with a message naming the variable, the start-up line says
-//! what runs where, `MODE` sets the verbosity, secrets never reach the logs,
-//! and the memory and dummy backends do what they say.
+//! stop the start with a message naming the variable, `--help` and
+//! `--version` answer without starting anything, an unknown argument is
+//! refused, the start-up line says what runs where, `MODE` sets the
+//! verbosity, secrets never reach the logs or the help, and the memory and
+//! dummy backends do what they say.
 
 mod support;
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -43,6 +47,149 @@ fn stop_and_logs(server: &mut Server) -> String {
     let status = server.signal_and_wait("TERM");
     assert!(status.success(), "{status}");
     wait_for_log(server, "stopped")
+}
+
+/// The variables `env.sh.dist` lists, commented-out ones included.
+fn documented_variables() -> Vec<&'static str> {
+    let names: Vec<&str> = include_str!("../env.sh.dist")
+        .lines()
+        .filter_map(|l| l.trim_start_matches("# ").strip_prefix("export "))
+        .filter_map(|l| l.split('=').next())
+        .collect();
+    assert!(names.len() >= 18, "env.sh.dist lists {names:?}");
+    names
+}
+
+/// Runs the binary in `dir` with `args` and, of the configuration, only
+/// `env`; kills it if it is still running after a few seconds, since then
+/// it started a server where it should not have.
+fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kpiggybank"));
+    for var in documented_variables() {
+        cmd.env_remove(var);
+    }
+    // Should it serve after all, a free port keeps it from failing for another reason.
+    cmd.env("PORT", "0")
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn kpiggybank");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "kpiggybank {args:?} with {env:?} kept running:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Runs the binary like [`run_in`] in a fresh directory and checks that it
+/// created nothing there (by default the embedded store would create `./data`).
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_in(dir.path(), args, env);
+    let created: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        created.is_empty(),
+        "kpiggybank {args:?} created {created:?}; it said:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[test]
+fn help_lists_every_variable_and_starts_nothing() {
+    for flag in ["--help", "-h"] {
+        let output = run(&[flag], &[]);
+        let help = text(&output.stdout);
+        assert_eq!(output.status.code(), Some(0), "{help}");
+        for var in documented_variables() {
+            assert!(
+                help.contains(&format!("[env: {var}")),
+                "{var} not in:\n{help}"
+            );
+        }
+        // A default and a meaning, from the one declaration.
+        assert!(help.contains("[default: 3000]"), "{help}");
+        assert!(help.contains("Port to listen on"), "{help}");
+        assert!(!help.contains("listening on"), "{help}");
+    }
+}
+
+#[test]
+fn help_shows_values_from_the_environment_but_never_secrets() {
+    let output = run(
+        &["--help"],
+        &[
+            ("DB_PASS", "hunter2"),
+            ("ADMIN_TOKEN", "tok-3f9a1c"),
+            ("MAX_CONNECTIONS", "4242"),
+        ],
+    );
+    let help = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{help}");
+    // Values are shown, so the secrets' absence is the hiding, not the layout.
+    assert!(help.contains("MAX_CONNECTIONS=4242"), "{help}");
+    assert!(help.contains("[env: DB_PASS]"), "{help}");
+    assert!(help.contains("[env: ADMIN_TOKEN]"), "{help}");
+    assert!(
+        !help.contains("hunter2") && !help.contains("tok-3f9a1c"),
+        "{help}"
+    );
+}
+
+#[test]
+fn version_prints_name_and_version_and_starts_nothing() {
+    for flag in ["--version", "-V"] {
+        let output = run(&[flag], &[]);
+        assert_eq!(output.status.code(), Some(0));
+        assert_eq!(
+            text(&output.stdout),
+            format!("kpiggybank {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[test]
+fn an_unknown_argument_refuses_to_start() {
+    for arg in ["--bogus", "serve", "-x"] {
+        let output = run(&[arg], &[("DB_PASS", "hunter2")]);
+        let said = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{arg}: {said}");
+        assert!(said.contains(&format!("'{arg}'")), "{arg}: {said}");
+        assert!(!said.contains("hunter2"), "{said}");
+    }
+}
+
+#[test]
+fn zero_connections_and_a_broken_log_filter_refuse_to_start() {
+    for (var, value, accepts) in [
+        ("MAX_CONNECTIONS", "0", "at least 1"),
+        ("RUST_LOG", "[[[", "a log filter"),
+    ] {
+        let output = run(&[], &[(var, value), ("DB_PASS", "hunter2")]);
+        let said = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{var}={value}: {said}");
+        assert!(said.contains(&format!("{var}={value:?}")), "{said}");
+        assert!(said.contains(accepts), "{said}");
+        assert!(
+            !said.contains("hunter2") && !said.contains("panicked"),
+            "{said}"
+        );
+    }
 }
 
 #[test]

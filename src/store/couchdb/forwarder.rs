@@ -9,8 +9,9 @@ use tokio::sync::Notify;
 
 use super::Shared;
 use super::client::DocOutcome;
-use super::relay::Backoff;
+use super::relay::{BACKOFF_MAX, BACKOFF_MIN};
 use super::spool::Spool;
+use crate::backoff::Backoff;
 use crate::store::StoreError;
 
 /// Spooled blobs forwarded per `_bulk_docs` request.
@@ -32,7 +33,7 @@ pub async fn run(
     wake: Arc<Notify>,
     spooling: Arc<AtomicBool>,
 ) {
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         if spool.is_empty() {
             if spooling.swap(false, Ordering::Relaxed) {

@@ -18,6 +18,7 @@ use tokio_util::io::StreamReader;
 
 use super::Shared;
 use super::client::{ChangeLine, CouchError, blob_doc};
+use crate::backoff::Backoff;
 use crate::feed::{Change, FeedSender, Seq};
 use crate::recent_ids::RecentIds;
 
@@ -40,32 +41,9 @@ const LINES_PER_PUBLISH: usize = 512;
 const RELAYED_IDS: usize = 100_000;
 
 /// First reconnect delay, and the cap it doubles up to.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(3);
-
-/// Reconnect delays: doubling, capped, with jitter so that many nodes do
-/// not hammer a CouchDB that just came back all at the same instant.
-#[derive(Default)]
-pub struct Backoff {
-    current: Option<Duration>,
-}
-
-impl Backoff {
-    /// The next delay.
-    pub fn next_delay(&mut self) -> Duration {
-        let base = self
-            .current
-            .map(|d| (d * 2).min(BACKOFF_MAX))
-            .unwrap_or(BACKOFF_MIN);
-        self.current = Some(base);
-        base.mul_f64(0.5 + rand::random::<f64>() * 0.5)
-    }
-
-    /// Back to the shortest delay after a success.
-    pub fn reset(&mut self) {
-        self.current = None;
-    }
-}
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between two connections to the feed.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(3);
 
 /// One line of the feed, or the news that one was too long to keep.
 #[derive(Debug, PartialEq, Eq)]
@@ -132,7 +110,7 @@ enum FeedEnd {
 pub async fn run(shared: Arc<Shared>, feed: FeedSender, since: Option<Seq>) {
     let mut since = since.map(|s| s.0).unwrap_or_else(|| Value::from(0));
     let mut relayed = RecentIds::new(RELAYED_IDS);
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         match follow(&shared, &feed, &mut since, &mut relayed, &mut backoff).await {
             Ok(()) => tracing::debug!("the CouchDB feed ended at last_seq {since}; reconnecting"),
@@ -298,18 +276,6 @@ mod tests {
     fn seqs_pass_back_verbatim() {
         assert_eq!(since_param(&Value::from(42)), "42");
         assert_eq!(since_param(&Value::String("2-g1AAAA".into())), "2-g1AAAA");
-    }
-
-    #[test]
-    fn backoff_grows_with_jitter_and_caps() {
-        let mut b = Backoff::default();
-        let first = b.next_delay();
-        assert!(first <= BACKOFF_MIN && first >= BACKOFF_MIN / 2);
-        for _ in 0..20 {
-            assert!(b.next_delay() <= BACKOFF_MAX);
-        }
-        b.reset();
-        assert!(b.next_delay() <= BACKOFF_MIN);
     }
 
     #[test]
