@@ -24,11 +24,9 @@
 //! - [`error`]: every error a client can see, turned into an answer in one place.
 //! - [`assets`]: the dashboard's static files, compiled into the binary.
 //! - [`server`]: wires the parts together, serves, shuts down gracefully.
-//! - [`bench`]: the load generator behind `kpiggybank-bench` (docs/benchmarks.md).
 
 pub mod assets;
 pub mod batcher;
-pub mod bench;
 pub mod blob;
 pub mod client;
 pub mod config;

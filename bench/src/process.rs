@@ -14,7 +14,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Log lines kept per process, for the error message when it fails.
+/// Log lines kept per process, for the error message when it does not start.
 const KEPT_LOG_LINES: usize = 200;
 
 /// A child process started by the bench; killed if dropped while running.
@@ -23,7 +23,6 @@ pub struct Proc {
     name: String,
     /// Where it listens.
     pub addr: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Proc {
@@ -66,7 +65,6 @@ impl Proc {
                         child,
                         name: name.to_string(),
                         addr,
-                        logs,
                     });
                 }
                 Err(_) => {
@@ -93,18 +91,12 @@ impl Proc {
             child,
             name: name.to_string(),
             addr,
-            logs: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// What it logged so far (up to [`KEPT_LOG_LINES`] lines).
-    pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
     }
 
     /// Stops it with SIGTERM (graceful), then SIGKILL if it lingers.

@@ -13,10 +13,11 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::client::{self, HttpConn};
-use super::process::CpuMeter;
-use super::report::{LoadResult, Progress, histogram};
-use crate::sample::login_sequence;
+use kpiggybank::sample::login_sequence;
+
+use crate::client::{self, HttpConn};
+use crate::process::CpuMeter;
+use crate::report::{LoadResult, Progress, histogram};
 
 /// Distinct sample blobs cycled through; enough variety for the store's
 /// indexes, small enough to build in a blink.
@@ -450,7 +451,7 @@ async fn measure(
                 blobs_per_request: batch,
                 max_time,
             };
-            let warm = super::report::ProgressLine::start(
+            let warm = crate::report::ProgressLine::start(
                 &format!("{label} warm-up"),
                 load.requests * batch,
                 "blobs",
@@ -458,7 +459,7 @@ async fn measure(
             http(&load, build.clone(), warm.counters()).await;
             drop(warm);
             load.requests = requests;
-            let line = super::report::ProgressLine::start(&label, requests * batch, "blobs");
+            let line = crate::report::ProgressLine::start(&label, requests * batch, "blobs");
             let cpu = CpuMeter::start(pid);
             let mut r = http(&load, build, line.counters()).await;
             r.cpu = cpu.text();
@@ -475,7 +476,7 @@ async fn measure(
                 window: args.window,
                 max_time,
             };
-            let warm = super::report::ProgressLine::start(
+            let warm = crate::report::ProgressLine::start(
                 &format!("{label} warm-up"),
                 load.frames * batch,
                 "blobs",
@@ -483,7 +484,7 @@ async fn measure(
             ws(&load, build.clone(), warm.counters()).await;
             drop(warm);
             load.frames = requests;
-            let line = super::report::ProgressLine::start(&label, requests * batch, "blobs");
+            let line = crate::report::ProgressLine::start(&label, requests * batch, "blobs");
             let cpu = CpuMeter::start(pid);
             let mut r = ws(&load, build, line.counters()).await;
             r.cpu = cpu.text();
@@ -510,9 +511,9 @@ fn detail(r: &LoadResult) -> String {
 
 /// The `ingest` scenario: the bare baseline (and, for CouchDB, direct
 /// writes), then the server, same load, same run.
-pub async fn run(ctx: &mut super::Ctx, args: &IngestArgs) -> Result<(), String> {
-    use super::Backend;
-    use super::report::{Row, Target};
+pub async fn run(ctx: &mut crate::Ctx, args: &IngestArgs) -> Result<(), String> {
+    use crate::Backend;
+    use crate::report::{Row, Target};
     let payload = Arc::new(Payload::new());
     let label = args.label();
     let max_time = ctx.max_time();
@@ -522,7 +523,7 @@ pub async fn run(ctx: &mut super::Ctx, args: &IngestArgs) -> Result<(), String> 
     let mut bare = None;
     let mut couch_rates = None;
     if !ctx.common.no_baseline {
-        match super::baseline::start_bare() {
+        match crate::baseline::start_bare() {
             Ok(proc) => {
                 let r = measure(
                     proc.addr,
@@ -594,11 +595,11 @@ pub async fn run(ctx: &mut super::Ctx, args: &IngestArgs) -> Result<(), String> 
 /// The same blobs written straight to CouchDB, one POST each and in
 /// `_bulk_docs` of 100; returns both rates.
 async fn couch_direct(
-    ctx: &mut super::Ctx,
+    ctx: &mut crate::Ctx,
     args: &IngestArgs,
     payload: &Arc<Payload>,
 ) -> Result<(f64, f64), String> {
-    use super::report::{ProgressLine, Row};
+    use crate::report::{ProgressLine, Row};
     const BULK: u64 = 100;
     let couch = ctx.couch().await?;
     let label = args.label();
@@ -616,7 +617,7 @@ async fn couch_direct(
     let line = ProgressLine::start(&format!("{label} couch 1 POST/blob"), blobs, "blobs");
     let one = http(
         &load,
-        super::baseline::couch_one_per_post(&couch, &db, payload.clone()),
+        crate::baseline::couch_one_per_post(&couch, &db, payload.clone()),
         line.counters(),
     )
     .await;
@@ -643,7 +644,7 @@ async fn couch_direct(
     );
     let bulk = http(
         &load,
-        super::baseline::couch_bulk(&couch, &db, payload.clone(), BULK),
+        crate::baseline::couch_bulk(&couch, &db, payload.clone(), BULK),
         line.counters(),
     )
     .await;

@@ -2,6 +2,7 @@
 //! the debug server, so `kpiggybank-bench` cannot rot. The full runs
 //! (docs/benchmarks.md) stay out of the test suite.
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,11 +23,32 @@ fn value(cells: &[&str]) -> f64 {
     cells[5].replace(',', "").parse().expect("a number")
 }
 
+/// The server binary, from the same build as the bench: this package cannot
+/// name another package's binary (no `CARGO_BIN_EXE_kpiggybank` here), but
+/// a workspace build puts both in one target directory. Missing means the
+/// server was not built, which must fail the suite, never skip it.
+fn server_bin() -> PathBuf {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_kpiggybank-bench"));
+    let server = bench
+        .with_file_name("kpiggybank")
+        .with_extension(std::env::consts::EXE_EXTENSION);
+    assert!(
+        server.is_file(),
+        "no server binary at {}: the smoke run needs the kpiggybank server next to \
+         the bench; build both with `cargo build --workspace --bins` first",
+        server.display()
+    );
+    server
+}
+
 #[test]
 fn smoke_mode_runs_every_scenario_and_reports_sane_figures() {
+    let server = server_bin();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kpiggybank-bench"))
-        .args(["smoke", "--server-bin", env!("CARGO_BIN_EXE_kpiggybank")])
+        .arg("smoke")
+        .arg("--server-bin")
+        .arg(&server)
         .args(["--max-seconds", "60"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -21,9 +21,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
-use super::client::{self, HttpConn};
-use super::ingest::{BuildRequest, Payload};
-use super::process::{Proc, TempDir, free_port};
+use crate::client::{self, HttpConn};
+use crate::ingest::{BuildRequest, Payload};
+use crate::process::{Proc, TempDir, free_port};
 
 /// Changes the bare fan-out keeps for subscribers that are behind (the
 /// server's ring holds as many).

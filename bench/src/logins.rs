@@ -8,10 +8,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::client::{self, HttpConn};
-use super::ingest::{self, HttpLoad};
-use super::report::{ProgressLine, Row, Target};
-use crate::sample::login_sequence;
+use kpiggybank::sample::login_sequence;
+
+use crate::client::{self, HttpConn};
+use crate::ingest::{self, HttpLoad};
+use crate::report::{ProgressLine, Row, Target};
 
 /// The original's bar: login sequences stored and retrieved per second.
 pub const ORIGINAL_BAR: f64 = 200.0;
@@ -31,7 +32,7 @@ pub struct LoginsArgs {
 }
 
 /// Runs the scenario against a fresh server.
-pub async fn run(ctx: &mut super::Ctx, args: &LoginsArgs) -> Result<(), String> {
+pub async fn run(ctx: &mut crate::Ctx, args: &LoginsArgs) -> Result<(), String> {
     let server = ctx.server(&[]).await?;
     let addr = server.addr;
     let n = args.sequences;

@@ -15,10 +15,10 @@ use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::client;
-use super::ingest::Payload;
-use super::process::CpuMeter;
-use super::report::{Progress, ProgressLine, Row, Target, latency_text, small_histogram};
+use crate::client;
+use crate::ingest::Payload;
+use crate::process::CpuMeter;
+use crate::report::{Progress, ProgressLine, Row, Target, latency_text, small_histogram};
 
 /// Target: deliveries per second to 1,000 subscribers.
 pub const TARGET_DELIVERIES: f64 = 1_000_000.0;
@@ -302,7 +302,7 @@ async fn produce(
 }
 
 /// The `fanout` scenario: the bare broadcast, then the server.
-pub async fn run(ctx: &mut super::Ctx, args: &FanoutArgs) -> Result<(), String> {
+pub async fn run(ctx: &mut crate::Ctx, args: &FanoutArgs) -> Result<(), String> {
     let label = format!(
         "fanout s={} r={}/s t={}s",
         args.subscribers, args.rate, args.seconds
@@ -311,7 +311,7 @@ pub async fn run(ctx: &mut super::Ctx, args: &FanoutArgs) -> Result<(), String> 
         && (args.rate * args.subscribers as u64) as f64 >= TARGET_DELIVERIES;
     let mut bare = None;
     if !ctx.common.no_baseline {
-        match super::baseline::start_bare() {
+        match crate::baseline::start_bare() {
             Ok(proc) => {
                 let o = measure(proc.addr, Some(proc.pid()), args, ctx.max_time(), "bare").await;
                 proc.stop();

@@ -1,4 +1,4 @@
-//! The load generator behind the `kpiggybank-bench` binary (issue 6).
+//! `kpiggybank-bench`: the load generator for kpiggybank (issue 6).
 //!
 //! Each scenario starts what it measures as separate processes on free
 //! loopback ports (the kpiggybank server, the bare baseline server, a
@@ -13,14 +13,14 @@
 //! - [`baseline`]: the bare handler and direct CouchDB writes.
 //! - [`client`], [`process`], [`report`]: the plumbing.
 
-pub mod baseline;
-pub mod client;
-pub mod fanout;
-pub mod idle;
-pub mod ingest;
-pub mod logins;
-pub mod process;
-pub mod report;
+mod baseline;
+mod client;
+mod fanout;
+mod idle;
+mod ingest;
+mod logins;
+mod process;
+mod report;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -213,7 +213,7 @@ impl Ctx {
         }
         let proc = Proc::spawn_listening("kpiggybank", cmd).map_err(|e| {
             format!(
-                "{e}\n(server binary {}; build it with `cargo build --release --bins`)",
+                "{e}\n(server binary {}; build it with `cargo build --release --workspace --bins`)",
                 bin.display()
             )
         })?;
@@ -282,8 +282,8 @@ async fn remote_backend(addr: SocketAddr) -> Option<String> {
     Some(v["backend"].as_str()?.to_string())
 }
 
-/// Parses the command line and runs it; the binary's whole `main`.
-pub fn main() -> ExitCode {
+/// Parses the command line and runs it.
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Scenario::BaselineServer) {
         return baseline::serve();

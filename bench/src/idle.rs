@@ -7,9 +7,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::client::{self, Ws};
-use super::process::rss_bytes;
-use super::report::{ProgressLine, Row, Target};
+use crate::client::{self, Ws};
+use crate::process::rss_bytes;
+use crate::report::{ProgressLine, Row, Target};
 
 /// Target: server bytes per idle connection.
 pub const TARGET_BYTES: f64 = 20.0 * 1024.0;
@@ -96,7 +96,7 @@ async fn measure(
 }
 
 /// The `idle` scenario: the bare WebSocket handler, then the server.
-pub async fn run(ctx: &mut super::Ctx, args: &IdleArgs) -> Result<(), String> {
+pub async fn run(ctx: &mut crate::Ctx, args: &IdleArgs) -> Result<(), String> {
     let label = format!(
         "idle n={}{}",
         args.connections,
@@ -105,7 +105,7 @@ pub async fn run(ctx: &mut super::Ctx, args: &IdleArgs) -> Result<(), String> {
     let metric = "server bytes/connection";
     let mut bare = None;
     if !ctx.common.no_baseline {
-        match super::baseline::start_bare() {
+        match crate::baseline::start_bare() {
             Ok(proc) => {
                 let r = measure(proc.addr, proc.pid(), args, "bare").await;
                 proc.stop();
