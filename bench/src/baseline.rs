@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 use crate::client::{self, HttpConn};
-use crate::ingest::{BuildRequest, Payload};
+use crate::load::BuildRequest;
+use crate::payload::Payload;
 use crate::process::{Proc, TempDir, free_port};
 
 /// Changes the bare fan-out keeps for subscribers that are behind (the

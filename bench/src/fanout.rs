@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client;
-use crate::ingest::Payload;
+use crate::payload::Payload;
 use crate::process::CpuMeter;
 use crate::report::{Progress, ProgressLine, Row, Target, latency_text, small_histogram};
 

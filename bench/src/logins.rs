@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use kpiggybank::sample::login_sequence;
 
 use crate::client::{self, HttpConn};
-use crate::ingest::{self, HttpLoad};
+use crate::load::{self, HttpLoad};
 use crate::report::{ProgressLine, Row, Target};
 
 /// The original's bar: login sequences stored and retrieved per second.
@@ -66,7 +66,7 @@ pub async fn run(ctx: &mut crate::Ctx, args: &LoginsArgs) -> Result<(), String> 
     };
     let label = format!("logins n={n} c={}", args.clients);
     let line = ProgressLine::start(&label, n, "sign-ins");
-    let stored = ingest::http(
+    let stored = load::http(
         &load,
         Arc::new(move |i| requests[i as usize].clone()),
         line.counters(),

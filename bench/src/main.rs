@@ -11,6 +11,8 @@
 //! - [`fanout`]: one producer, S subscribers: deliveries/s, latency, lost, duplicated.
 //! - [`idle`]: server memory per idle WebSocket connection.
 //! - [`baseline`]: the bare handler and direct CouchDB writes.
+//! - [`load`]: the HTTP and WebSocket load loops the scenarios share.
+//! - [`payload`]: the sample blobs they send.
 //! - [`client`], [`process`], [`report`]: the plumbing.
 
 mod baseline;
@@ -18,7 +20,9 @@ mod client;
 mod fanout;
 mod idle;
 mod ingest;
+mod load;
 mod logins;
+mod payload;
 mod process;
 mod report;
 
