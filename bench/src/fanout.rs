@@ -302,7 +302,7 @@ async fn produce(
 }
 
 /// The `fanout` scenario: the bare broadcast, then the server.
-pub async fn run(ctx: &mut crate::Ctx, args: &FanoutArgs) -> Result<(), String> {
+pub async fn run(ctx: &mut crate::ctx::Ctx, args: &FanoutArgs) -> Result<(), String> {
     let label = format!(
         "fanout s={} r={}/s t={}s",
         args.subscribers, args.rate, args.seconds

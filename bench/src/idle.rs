@@ -96,7 +96,7 @@ async fn measure(
 }
 
 /// The `idle` scenario: the bare WebSocket handler, then the server.
-pub async fn run(ctx: &mut crate::Ctx, args: &IdleArgs) -> Result<(), String> {
+pub async fn run(ctx: &mut crate::ctx::Ctx, args: &IdleArgs) -> Result<(), String> {
     let label = format!(
         "idle n={}{}",
         args.connections,

@@ -192,8 +192,8 @@ fn detail(r: &LoadResult) -> String {
 
 /// The `ingest` scenario: the bare baseline (and, for CouchDB, direct
 /// writes), then the server, same load, same run.
-pub async fn run(ctx: &mut crate::Ctx, args: &IngestArgs) -> Result<(), String> {
-    use crate::Backend;
+pub async fn run(ctx: &mut crate::ctx::Ctx, args: &IngestArgs) -> Result<(), String> {
+    use crate::options::Backend;
     use crate::report::{Row, Target};
     let payload = Arc::new(Payload::new());
     let label = args.label();
@@ -276,7 +276,7 @@ pub async fn run(ctx: &mut crate::Ctx, args: &IngestArgs) -> Result<(), String> 
 /// The same blobs written straight to CouchDB, one POST each and in
 /// `_bulk_docs` of 100; returns both rates.
 async fn couch_direct(
-    ctx: &mut crate::Ctx,
+    ctx: &mut crate::ctx::Ctx,
     args: &IngestArgs,
     payload: &Arc<Payload>,
 ) -> Result<(f64, f64), String> {

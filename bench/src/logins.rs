@@ -32,7 +32,7 @@ pub struct LoginsArgs {
 }
 
 /// Runs the scenario against a fresh server.
-pub async fn run(ctx: &mut crate::Ctx, args: &LoginsArgs) -> Result<(), String> {
+pub async fn run(ctx: &mut crate::ctx::Ctx, args: &LoginsArgs) -> Result<(), String> {
     let server = ctx.server(&[]).await?;
     let addr = server.addr;
     let n = args.sequences;
