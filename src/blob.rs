@@ -58,6 +58,16 @@ pub enum BlobError {
     /// The body is not UTF-8.
     #[error("the body is not UTF-8 text")]
     NotUtf8,
+    /// The form field `data` is not UTF-8 once percent-decoded.
+    #[error(
+        "form field `data` is not UTF-8 text once percent-decoded (byte {at} is 0x{byte:02X}): encode the JSON as UTF-8, then percent-encode it"
+    )]
+    FormNotUtf8 {
+        /// Where the first bad byte is in the decoded value, from 0.
+        at: usize,
+        /// That byte.
+        byte: u8,
+    },
     /// The JSON does not parse.
     #[error("JSON syntax error: {0}")]
     Syntax(String),
@@ -200,15 +210,58 @@ pub fn parse_http_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Bl
         _ => !looks_like_json,
     };
     if is_form {
-        let data = form_urlencoded::parse(body)
-            .find(|(k, _)| k == "data")
-            .map(|(_, v)| v)
-            .ok_or(BlobError::MissingData)?;
-        parse_submission(&data)
+        let data = form_field(body, b"data").ok_or(BlobError::MissingData)?;
+        // Refused, as the JSON path refuses the same bytes, rather than
+        // stored altered with U+FFFD in their place.
+        let text = std::str::from_utf8(&data).map_err(|e| BlobError::FormNotUtf8 {
+            at: e.valid_up_to(),
+            byte: data[e.valid_up_to()],
+        })?;
+        parse_submission(text)
     } else {
         let text = std::str::from_utf8(body).map_err(|_| BlobError::NotUtf8)?;
         parse_json_body(text)
     }
+}
+
+/// The first value of form field `name`, percent-decoded as
+/// `application/x-www-form-urlencoded` says, but left as bytes:
+/// `form_urlencoded::parse` would replace bytes that are not UTF-8 with U+FFFD.
+fn form_field<'a>(body: &'a [u8], name: &[u8]) -> Option<Cow<'a, [u8]>> {
+    body.split(|&b| b == b'&').find_map(|pair| {
+        let (key, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &[][..]),
+        };
+        (*form_decode(key) == *name).then(|| form_decode(value))
+    })
+}
+
+/// Decodes `+` and `%XX`; a `%` without two hex digits stays as it is, as
+/// browsers and form_urlencoded leave it.
+fn form_decode(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.iter().any(|&b| b == b'+' || b == b'%') {
+        return Cow::Borrowed(input);
+    }
+    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16)).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                if let (Some(high), Some(low)) = (hex(input.get(i + 1)), hex(input.get(i + 2))) {
+                    out.push(high << 4 | low);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
 }
 
 /// Parses a JSON body: a blob, a list of blobs, or `{"data": <blob, list or JSON string>}`.
@@ -1054,6 +1107,43 @@ mod tests {
         ] {
             let _ = check_value(text, 1);
         }
+    }
+
+    #[test]
+    fn form_data_must_be_utf8_once_decoded() {
+        let form = Some("application/x-www-form-urlencoded");
+        // Was stored with U+FFFD in place of the byte, and answered 201.
+        for body in [
+            &b"data=%7B%22timestamp%22%3A1%2C%22x%22%3A%22%F8%22%7D"[..],
+            b"data={\"timestamp\":1,\"x\":\"\xF8\"}",
+        ] {
+            let e = parse_http_body(form, body).unwrap_err();
+            assert_eq!(e, BlobError::FormNotUtf8 { at: 20, byte: 0xF8 });
+            assert!(e.to_string().contains("not UTF-8"), "{e}");
+        }
+        // A truncated sequence (the first byte of é) is refused too.
+        assert_eq!(
+            parse_http_body(
+                form,
+                b"data=%7B%22timestamp%22%3A1%2C%22x%22%3A%22%C3%22%7D"
+            )
+            .unwrap_err(),
+            BlobError::FormNotUtf8 { at: 20, byte: 0xC3 }
+        );
+        // Decoding as form_urlencoded does: `+`, `%XX` in any case, a stray `%`,
+        // the first `data`, other fields ignored even when not UTF-8.
+        let body =
+            b"x=%FF&&dat%61=%7B%22timestamp%22%3a1%2C%22s%22%3A%22a+b%25%zz%C3%A9%22%7D&data=no";
+        let b = parse_http_body(form, body).unwrap().pop().unwrap();
+        assert!(
+            b.doc.as_str().ends_with(r#""timestamp":1,"s":"a b%%zzé"}"#),
+            "{:?}",
+            b.doc
+        );
+        assert_eq!(
+            parse_http_body(form, b"datax=1&=data&data").unwrap_err(),
+            BlobError::Syntax("EOF while parsing a value at line 1 column 0".into())
+        );
     }
 
     #[test]
