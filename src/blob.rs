@@ -55,6 +55,14 @@ pub enum BlobError {
     /// A form post without its `data` field.
     #[error("missing `data`: post the blob as form field `data=<JSON>` or as a JSON body")]
     MissingData,
+    /// A JSON body sent with a form content type (curl's `-d` default).
+    #[error(
+        "missing `data`: the body looks like JSON but was sent as {content_type}; send it with the header `Content-Type: application/json`, or as the form field `data=<JSON>`"
+    )]
+    JsonSentAsForm {
+        /// The content type it was sent with.
+        content_type: String,
+    },
     /// The body is not UTF-8.
     #[error("the body is not UTF-8 text")]
     NotUtf8,
@@ -210,7 +218,14 @@ pub fn parse_http_body(content_type: Option<&str>, body: &[u8]) -> Result<Vec<Bl
         _ => !looks_like_json,
     };
     if is_form {
-        let data = form_field(body, b"data").ok_or(BlobError::MissingData)?;
+        let data = form_field(body, b"data").ok_or_else(|| match &mime {
+            // A form body never starts with `{` or `[`: a JSON body was sent
+            // with the wrong header, and "missing `data`" would not say so.
+            Some(m) if looks_like_json => BlobError::JsonSentAsForm {
+                content_type: m.clone(),
+            },
+            _ => BlobError::MissingData,
+        })?;
         // Refused, as the JSON path refuses the same bytes, rather than
         // stored altered with U+FFFD in their place.
         let text = std::str::from_utf8(&data).map_err(|e| BlobError::FormNotUtf8 {
@@ -1144,6 +1159,42 @@ mod tests {
             parse_http_body(form, b"datax=1&=data&data").unwrap_err(),
             BlobError::Syntax("EOF while parsing a value at line 1 column 0".into())
         );
+    }
+
+    #[test]
+    fn a_json_body_sent_as_a_form_is_told_which_header_to_send() {
+        for content_type in [
+            "application/x-www-form-urlencoded",
+            "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+        ] {
+            for body in [&br#"{"timestamp":1}"#[..], b"  [{\"timestamp\":1}]"] {
+                let e = parse_http_body(Some(content_type), body).unwrap_err();
+                assert_eq!(
+                    e,
+                    BlobError::JsonSentAsForm {
+                        content_type: "application/x-www-form-urlencoded".into()
+                    }
+                );
+                let message = e.to_string();
+                assert!(message.contains("looks like JSON"), "{message}");
+                assert!(
+                    message.contains("`Content-Type: application/json`"),
+                    "{message}"
+                );
+            }
+        }
+        // A form without `data` is still told what is missing.
+        assert_eq!(
+            parse_http_body(Some("application/x-www-form-urlencoded"), b"foo=bar").unwrap_err(),
+            BlobError::MissingData
+        );
+        // Without a telling type, a JSON-looking body is read as JSON.
+        for content_type in [None, Some("text/plain")] {
+            assert_eq!(
+                parse_http_body(content_type, br#"{"timestamp":9}"#).unwrap()[0].timestamp,
+                9
+            );
+        }
     }
 
     #[test]
