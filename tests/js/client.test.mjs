@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import KPiggybank, { KPiggybankError } from '../../static/kpiggybank.js';
-import { Server, loginBlob } from './server.mjs';
+import { Server, loginBlob, until } from './server.mjs';
 
 let server;
 before(async () => {
@@ -14,15 +14,6 @@ before(async () => {
 after(async () => {
   await server?.stop();
 });
-
-/** Waits until `check()` is truthy, or fails naming `what`. */
-async function until(what, check, ms = 5000) {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 test('the constructor takes host and port, or a base URL', () => {
   assert.equal(new KPiggybank('127.0.0.1', 4000).baseUrl, 'http://127.0.0.1:4000');
