@@ -69,14 +69,33 @@ export class Emitter {
   }
 }
 
-/** An error answered by the server: `status` and `code` say which. */
+/**
+ * An error answered by the server (`status` and `code` say which), or the
+ * server could not be reached (`code` 'unreachable', the network's error in
+ * `cause`).
+ */
 export class KPiggybankError extends Error {
-  constructor(message, status, code) {
-    super(message);
+  constructor(message, status, code, options) {
+    super(message, options);
     this.name = 'KPiggybankError';
     this.status = status;
     this.code = code;
   }
+}
+
+/** Why a connection failed, in words. */
+function reason(err) {
+  const said = err?.message || String(err);
+  // Node's fetch says only "fetch failed"; what failed (ECONNREFUSED…) is its cause.
+  const inner = err?.cause?.message || err?.cause?.code;
+  return inner && inner !== said ? `${said}: ${inner}` : said;
+}
+
+/** No answer from `url`, as one error whatever the runtime's network threw. */
+function unreachable(url, cause) {
+  return new KPiggybankError(`cannot reach kpiggybank at ${url} (${reason(cause)})`, undefined, 'unreachable', {
+    cause,
+  });
 }
 
 /** Settles `callback` (if any) from `promise`, and returns the promise. */
@@ -138,16 +157,39 @@ export class KPiggybank {
   }
 
   /**
+   * Fetches `path` and reads the answer with `read`. Whatever fails on the
+   * way rejects with a KPiggybankError, so callers handle one kind of error.
+   */
+  async request(path, init, read = json) {
+    const url = this.url(path);
+    let res;
+    try {
+      res = await fetch(url, init);
+    } catch (e) {
+      throw unreachable(url, e);
+    }
+    try {
+      return await read(res);
+    } catch (e) {
+      if (e instanceof KPiggybankError) throw e;
+      // Cut off mid-answer, or not JSON (a proxy's error page).
+      throw new KPiggybankError(`the answer of ${url} could not be read (${reason(e)})`, res.status, undefined, {
+        cause: e,
+      });
+    }
+  }
+
+  /**
    * Stores a blob (an object with a numeric `timestamp`) or a list of blobs.
    * Resolves to `{ok: true, ids: [...]}` once they are durable.
    */
   saveData(blob, callback) {
-    const promise = fetch(this.url('/wsapi/interaction_data'), {
+    const promise = this.request('/wsapi/interaction_data', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       // Wrapped in `data`, so a blob that has a `data` field is stored as is.
       body: JSON.stringify({ data: blob }),
-    }).then(json);
+    });
     return withCallback(promise, callback);
   }
 
@@ -167,20 +209,18 @@ export class KPiggybank {
     }
     if (options?.descending) params.set('descending', 'true');
     const query = params.toString();
-    const promise = fetch(this.url('/wsapi/interaction_data' + (query ? '?' + query : ''))).then(
-      json,
-    );
+    const promise = this.request('/wsapi/interaction_data' + (query ? '?' + query : ''));
     return withCallback(promise, callback);
   }
 
   /** How many blobs are stored. */
   count(callback) {
-    return withCallback(fetch(this.url('/wsapi/interaction_data/count')).then(json), callback);
+    return withCallback(this.request('/wsapi/interaction_data/count'), callback);
   }
 
   /** The blob with the greatest timestamp, or null when there is none. */
   last(callback) {
-    const promise = fetch(this.url('/wsapi/interaction_data/last')).then((res) =>
+    const promise = this.request('/wsapi/interaction_data/last', undefined, (res) =>
       res.status === 404 ? null : json(res),
     );
     return withCallback(promise, callback);
