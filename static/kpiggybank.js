@@ -93,7 +93,13 @@ function reason(err) {
 
 /** No answer from `url`, as one error whatever the runtime's network threw. */
 function unreachable(url, cause) {
-  return new KPiggybankError(`cannot reach kpiggybank at ${url} (${reason(cause)})`, undefined, 'unreachable', {
+  const message = `cannot reach kpiggybank at ${url} (${reason(cause)})`;
+  return new KPiggybankError(message, undefined, 'unreachable', { cause });
+}
+
+/** A connection to `url` that was up and broke. */
+function connectionLost(what, url, cause) {
+  return new KPiggybankError(`${what} ${url} broke (${reason(cause)})`, undefined, undefined, {
     cause,
   });
 }
@@ -130,6 +136,19 @@ async function json(res) {
 /** A seq as a query parameter: JSON, so that a string seq stays a string. */
 function seqParam(seq) {
   return JSON.stringify(seq);
+}
+
+/**
+ * Closes a socket the feed is done with, deaf to its last events: one that
+ * reported only `error` may still hold a connection.
+ */
+function retire(ws) {
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+  try {
+    ws.close(1000);
+  } catch {
+    // Already closed, or a runtime that will not close a failed socket.
+  }
 }
 
 /** A client of one kpiggybank server. */
@@ -173,9 +192,8 @@ export class KPiggybank {
     } catch (e) {
       if (e instanceof KPiggybankError) throw e;
       // Cut off mid-answer, or not JSON (a proxy's error page).
-      throw new KPiggybankError(`the answer of ${url} could not be read (${reason(e)})`, res.status, undefined, {
-        cause: e,
-      });
+      const message = `the answer of ${url} could not be read (${reason(e)})`;
+      throw new KPiggybankError(message, res.status, undefined, { cause: e });
     }
   }
 
@@ -288,9 +306,8 @@ export class ChangeFeed extends Emitter {
     clearTimeout(this.timer);
     clearTimeout(this.watchdog);
     if (this.ws) {
-      const ws = this.ws;
+      retire(this.ws);
       this.ws = null;
-      ws.close(1000);
     }
     this.abort?.abort();
     this.rejectReady(new Error('closed'));
@@ -360,17 +377,21 @@ export class ChangeFeed extends Emitter {
     try {
       ws = new WebSocket(url);
     } catch (e) {
-      this.dropped(e);
+      this.dropped(unreachable(url, e));
       return;
     }
     this.ws = ws;
+    let opened = false;
     let replay = false;
     const subscribe = () => {
       const point = this.resumePoint();
       replay = point.last !== undefined;
       ws.send(JSON.stringify({ type: 'subscribe', ...point }));
     };
-    ws.onopen = subscribe;
+    ws.onopen = () => {
+      opened = true;
+      subscribe();
+    };
     ws.onmessage = (event) => {
       if (this.ws !== ws) return;
       let frame;
@@ -401,14 +422,23 @@ export class ChangeFeed extends Emitter {
           break;
       }
     };
-    ws.onclose = (event) => {
+    // Browsers fire `error` then `close`; Node 20 fires only `error` when it
+    // cannot connect. Whichever comes first ends this socket, once.
+    const lost = (err) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      const why = event.reason ? `: ${event.reason}` : '';
-      this.dropped(new Error(`the WebSocket closed (${event.code}${why})`));
+      retire(ws);
+      this.dropped(err);
     };
-    // An error is always followed by close, which reconnects.
-    ws.onerror = () => {};
+    ws.onclose = (event) => {
+      const why = event.reason ? `: ${event.reason}` : '';
+      lost(new KPiggybankError(`the WebSocket to ${url} closed (${event.code}${why})`));
+    };
+    ws.onerror = (event) => {
+      // Browsers say nothing of why; Node's ErrorEvent has a message.
+      const cause = event?.error ?? new Error(event?.message || 'the connection failed');
+      lost(opened ? connectionLost('the WebSocket to', url, cause) : unreachable(url, cause));
+    };
   }
 
   async openStream() {
