@@ -445,71 +445,102 @@ export class ChangeFeed extends Emitter {
     const abort = new AbortController();
     this.abort = abort;
     const point = this.resumePoint();
-    const params = new URLSearchParams({ heartbeat: String(STREAM_HEARTBEAT_MS) });
-    if (point.since !== undefined) {
-      params.set('since', seqParam(point.since));
-      if (point.epoch) params.set('epoch', point.epoch);
-    }
+    const url = this.client.url('/wsapi/interaction_data/stream?' + streamQuery(point));
     const armWatchdog = () => {
       clearTimeout(this.watchdog);
-      this.watchdog = setTimeout(() => abort.abort(new Error('the stream went silent')), STREAM_SILENCE_MS);
+      const silent = () =>
+        abort.abort(new KPiggybankError(`the change stream ${url} went silent`));
+      this.watchdog = setTimeout(silent, STREAM_SILENCE_MS);
     };
+    let res;
     try {
       armWatchdog();
-      const res = await fetch(this.client.url('/wsapi/interaction_data/stream?' + params), {
-        signal: abort.signal,
-      });
-      if (res.status === 409) {
-        // The store was replaced: start over from now.
-        this.epoch = null;
-        this.reset(null);
-        throw await errorOf(res);
-      }
-      if (!res.ok) throw await errorOf(res);
-      // A server that names the feed's position lets us resume even before
-      // the first change; without it, a reconnect before then restarts at "now".
-      const headerSeq = res.headers.get('x-kpiggybank-seq');
-      let seq = null;
-      if (headerSeq !== null) {
-        try {
-          seq = JSON.parse(headerSeq);
-        } catch {
-          seq = headerSeq;
-        }
-      }
-      const known = point.since !== undefined || headerSeq !== null;
-      if (known) this.subscribed(res.headers.get('x-kpiggybank-epoch'), point.since ?? seq, false);
-      else {
-        this.epoch = res.headers.get('x-kpiggybank-epoch');
-        this.attempts = 0;
-        this.setState('live');
-        this.emit('subscribed', { epoch: this.epoch, seq: null });
-        this.resolveReady({ epoch: this.epoch, seq: null });
-      }
-      const reader = res.body.getReader();
-      const decoder = new TextDecoder();
-      let buffered = '';
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        armWatchdog();
-        buffered += decoder.decode(value, { stream: true });
-        let end;
-        while ((end = buffered.indexOf('\n')) >= 0) {
-          const line = buffered.slice(0, end).trim();
-          buffered = buffered.slice(end + 1);
-          if (!line) continue; // a heartbeat
-          const frame = JSON.parse(line);
-          if (frame.type === 'change') this.change(frame);
-          if (this.closed) return;
-        }
-      }
-      throw new Error('the change stream ended');
+      res = await fetch(url, { signal: abort.signal });
     } catch (e) {
-      clearTimeout(this.watchdog);
-      if (this.closed) return;
-      this.dropped(abort.signal.aborted && abort.signal.reason ? abort.signal.reason : e);
+      this.streamEnded(abort, unreachable(url, e));
+      return;
     }
+    try {
+      this.streamStarted(res, point);
+      if (!res.ok) throw await errorOf(res);
+      await this.readStream(res, armWatchdog);
+      if (!this.closed) throw new KPiggybankError(`the change stream ${url} ended`);
+    } catch (e) {
+      const err = e instanceof KPiggybankError ? e : connectionLost('the change stream', url, e);
+      this.streamEnded(abort, err);
+    }
+  }
+
+  /** Takes the feed's position from the stream's headers. */
+  streamStarted(res, point) {
+    if (res.status === 409) {
+      // The store was replaced: start over from now.
+      this.epoch = null;
+      this.reset(null);
+    }
+    if (!res.ok) return;
+    // A server that names the feed's position lets us resume even before
+    // the first change; without it, a reconnect before then restarts at "now".
+    const headerSeq = res.headers.get('x-kpiggybank-seq');
+    const epoch = res.headers.get('x-kpiggybank-epoch');
+    if (point.since !== undefined || headerSeq !== null) {
+      this.subscribed(epoch, point.since ?? parseSeq(headerSeq), false);
+    } else {
+      this.epoch = epoch;
+      this.attempts = 0;
+      this.setState('live');
+      this.emit('subscribed', { epoch, seq: null });
+      this.resolveReady({ epoch, seq: null });
+    }
+  }
+
+  /** Delivers the stream's changes until it ends or the feed is closed. */
+  async readStream(res, armWatchdog) {
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      armWatchdog();
+      buffered += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, end).trim();
+        buffered = buffered.slice(end + 1);
+        if (!line) continue; // a heartbeat
+        const frame = JSON.parse(line);
+        if (frame.type === 'change') this.change(frame);
+        if (this.closed) return;
+      }
+    }
+  }
+
+  /** After a stream ends: why it did, and when to try again. */
+  streamEnded(abort, err) {
+    clearTimeout(this.watchdog);
+    if (this.closed) return;
+    // An abort of ours (the watchdog) says why better than what it broke.
+    this.dropped(abort.signal.aborted && abort.signal.reason ? abort.signal.reason : err);
+  }
+}
+
+/** The stream's query: heartbeats, and where to resume. */
+function streamQuery(point) {
+  const params = new URLSearchParams({ heartbeat: String(STREAM_HEARTBEAT_MS) });
+  if (point.since !== undefined) {
+    params.set('since', seqParam(point.since));
+    if (point.epoch) params.set('epoch', point.epoch);
+  }
+  return params;
+}
+
+/** A seq from a header: JSON, though a bare string is taken as is. */
+function parseSeq(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
   }
 }
 

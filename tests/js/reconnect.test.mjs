@@ -55,7 +55,7 @@ async function post(kp, from, n) {
 /** Lets a duplicate that would come late arrive before the check. */
 const settle = () => new Promise((r) => setTimeout(r, 300));
 
-for (const transport of ['websocket']) {
+for (const transport of ['websocket', 'stream']) {
   for (const signal of ['SIGTERM', 'SIGKILL']) {
     test(`${transport}: a follower gets every change once across a stop (${signal}) and a start on the same port`, needs(transport), async () => {
       const server = await Server.start();
