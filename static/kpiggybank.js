@@ -246,11 +246,41 @@ export class KPiggybank {
 
   /**
    * Follows the change feed; see {@link ChangeFeed} for the options and
-   * events. Uses a WebSocket where there is one (browsers, Node 22+), else
-   * the HTTP ndjson stream.
+   * events. Uses a WebSocket where there is one (browsers, Node 22+, Node 20
+   * with --experimental-websocket), else the HTTP ndjson stream.
    */
   followChanges(options = {}) {
     return new ChangeFeed(this, options);
+  }
+}
+
+function hasWebSocket() {
+  return typeof globalThis.WebSocket === 'function';
+}
+
+/**
+ * Node 20 has a WebSocket only behind a flag, and a stream feed that cannot
+ * replay looks like a server bug: say which flag, and what is used instead.
+ */
+const NO_WEBSOCKET =
+  'this runtime has none (Node 20: run node with --experimental-websocket; ' +
+  'Node 22+ and browsers have one)';
+
+/** Throws when `options` need a WebSocket the transport or runtime lacks. */
+function refuseWithoutWebSocket(transport, options) {
+  if (transport === 'websocket' && !hasWebSocket()) {
+    throw new RangeError(
+      `followChanges({transport: 'websocket'}) needs a WebSocket and ${NO_WEBSOCKET}; ` +
+        'leave transport out to follow over the HTTP stream instead',
+    );
+  }
+  if (transport === 'stream' && options.last) {
+    throw new RangeError(
+      hasWebSocket()
+        ? 'followChanges({last}) needs the WebSocket transport: the HTTP stream has no replay'
+        : `followChanges({last}) needs a WebSocket and ${NO_WEBSOCKET}; without one the feed ` +
+            'follows over the HTTP stream, which has no replay',
+    );
   }
 }
 
@@ -273,13 +303,8 @@ export class ChangeFeed extends Emitter {
     super();
     this.client = client;
     this.options = { ...options };
-    this.transport =
-      options.transport ?? (typeof globalThis.WebSocket === 'function' ? 'websocket' : 'stream');
-    if (this.transport === 'stream' && options.last) {
-      throw new RangeError(
-        'followChanges({last}) needs a WebSocket (browsers, Node 22+): the HTTP stream has no replay',
-      );
-    }
+    this.transport = options.transport ?? (hasWebSocket() ? 'websocket' : 'stream');
+    refuseWithoutWebSocket(this.transport, options);
     /** Seq of the last change delivered, or where the feed stood when subscribed. */
     this.seq = options.since ?? null;
     /** The store epoch `seq` belongs to. */

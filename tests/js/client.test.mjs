@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import KPiggybank, { KPiggybankError } from '../../static/kpiggybank.js';
-import { Server, loginBlob, until } from './server.mjs';
+import { Server, loginBlob, until, withWebSocket } from './server.mjs';
 
 let server;
 before(async () => {
@@ -112,6 +112,28 @@ test('followChanges delivers each change once and resumes by seq across a restar
 test('a stream feed refuses a replay it cannot do', () => {
   const kp = new KPiggybank(server.url);
   assert.throws(() => kp.followChanges({ transport: 'stream', last: 5 }), RangeError);
+});
+
+test('without a WebSocket, the feed follows the stream and names the flag that gives one', async () => {
+  const kp = new KPiggybank(server.url);
+  await withWebSocket(undefined, async () => {
+    const flag = /--experimental-websocket/;
+    assert.throws(
+      () => kp.followChanges({ last: 5 }),
+      (e) => e instanceof RangeError && flag.test(e.message) && /HTTP stream/.test(e.message),
+    );
+    assert.throws(
+      () => kp.followChanges({ transport: 'websocket' }),
+      (e) => e instanceof RangeError && flag.test(e.message),
+    );
+    const feed = kp.followChanges();
+    try {
+      assert.equal(feed.transport, 'stream');
+      await feed.ready;
+    } finally {
+      feed.close();
+    }
+  });
 });
 
 // Browsers and Node 22+ have a global WebSocket; Node 20 needs

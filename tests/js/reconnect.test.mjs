@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
 import KPiggybank, { KPiggybankError } from '../../static/kpiggybank.js';
-import { Server, loginBlob, until } from './server.mjs';
+import { Server, loginBlob, until, withWebSocket } from './server.mjs';
 
 const HAS_WEBSOCKET = typeof globalThis.WebSocket === 'function';
 
@@ -178,18 +178,6 @@ function failingSocket(events) {
     }
   }
   return { FailingSocket, sockets };
-}
-
-/** Runs `fn` with `globalThis.WebSocket` replaced by `value`. */
-async function withWebSocket(value, fn) {
-  const saved = Object.getOwnPropertyDescriptor(globalThis, 'WebSocket');
-  Object.defineProperty(globalThis, 'WebSocket', { value, configurable: true, writable: true });
-  try {
-    return await fn();
-  } finally {
-    if (saved) Object.defineProperty(globalThis, 'WebSocket', saved);
-    else delete globalThis.WebSocket;
-  }
 }
 
 for (const events of [['error'], ['error', 'close'], ['close']]) {

@@ -141,3 +141,18 @@ export async function until(what, check, ms = 5000) {
     await new Promise((r) => setTimeout(r, 20));
   }
 }
+
+/**
+ * Runs `fn` with `globalThis.WebSocket` replaced by `value` (undefined: as
+ * in Node 20 without --experimental-websocket), then puts it back.
+ */
+export async function withWebSocket(value, fn) {
+  const saved = Object.getOwnPropertyDescriptor(globalThis, 'WebSocket');
+  Object.defineProperty(globalThis, 'WebSocket', { value, configurable: true, writable: true });
+  try {
+    return await fn();
+  } finally {
+    if (saved) Object.defineProperty(globalThis, 'WebSocket', saved);
+    else delete globalThis.WebSocket;
+  }
+}
