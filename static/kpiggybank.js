@@ -69,14 +69,39 @@ export class Emitter {
   }
 }
 
-/** An error answered by the server: `status` and `code` say which. */
+/**
+ * An error answered by the server (`status` and `code` say which), or the
+ * server could not be reached (`code` 'unreachable', the network's error in
+ * `cause`).
+ */
 export class KPiggybankError extends Error {
-  constructor(message, status, code) {
-    super(message);
+  constructor(message, status, code, options) {
+    super(message, options);
     this.name = 'KPiggybankError';
     this.status = status;
     this.code = code;
   }
+}
+
+/** Why a connection failed, in words. */
+function reason(err) {
+  const said = err?.message || String(err);
+  // Node's fetch says only "fetch failed"; what failed (ECONNREFUSED…) is its cause.
+  const inner = err?.cause?.message || err?.cause?.code;
+  return inner && inner !== said ? `${said}: ${inner}` : said;
+}
+
+/** No answer from `url`, as one error whatever the runtime's network threw. */
+function unreachable(url, cause) {
+  const message = `cannot reach kpiggybank at ${url} (${reason(cause)})`;
+  return new KPiggybankError(message, undefined, 'unreachable', { cause });
+}
+
+/** A connection to `url` that was up and broke. */
+function connectionLost(what, url, cause) {
+  return new KPiggybankError(`${what} ${url} broke (${reason(cause)})`, undefined, undefined, {
+    cause,
+  });
 }
 
 /** Settles `callback` (if any) from `promise`, and returns the promise. */
@@ -113,6 +138,19 @@ function seqParam(seq) {
   return JSON.stringify(seq);
 }
 
+/**
+ * Closes a socket the feed is done with, deaf to its last events: one that
+ * reported only `error` may still hold a connection.
+ */
+function retire(ws) {
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+  try {
+    ws.close(1000);
+  } catch {
+    // Already closed, or a runtime that will not close a failed socket.
+  }
+}
+
 /** A client of one kpiggybank server. */
 export class KPiggybank {
   /**
@@ -138,16 +176,38 @@ export class KPiggybank {
   }
 
   /**
+   * Fetches `path` and reads the answer with `read`. Whatever fails on the
+   * way rejects with a KPiggybankError, so callers handle one kind of error.
+   */
+  async request(path, init, read = json) {
+    const url = this.url(path);
+    let res;
+    try {
+      res = await fetch(url, init);
+    } catch (e) {
+      throw unreachable(url, e);
+    }
+    try {
+      return await read(res);
+    } catch (e) {
+      if (e instanceof KPiggybankError) throw e;
+      // Cut off mid-answer, or not JSON (a proxy's error page).
+      const message = `the answer of ${url} could not be read (${reason(e)})`;
+      throw new KPiggybankError(message, res.status, undefined, { cause: e });
+    }
+  }
+
+  /**
    * Stores a blob (an object with a numeric `timestamp`) or a list of blobs.
    * Resolves to `{ok: true, ids: [...]}` once they are durable.
    */
   saveData(blob, callback) {
-    const promise = fetch(this.url('/wsapi/interaction_data'), {
+    const promise = this.request('/wsapi/interaction_data', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       // Wrapped in `data`, so a blob that has a `data` field is stored as is.
       body: JSON.stringify({ data: blob }),
-    }).then(json);
+    });
     return withCallback(promise, callback);
   }
 
@@ -167,20 +227,18 @@ export class KPiggybank {
     }
     if (options?.descending) params.set('descending', 'true');
     const query = params.toString();
-    const promise = fetch(this.url('/wsapi/interaction_data' + (query ? '?' + query : ''))).then(
-      json,
-    );
+    const promise = this.request('/wsapi/interaction_data' + (query ? '?' + query : ''));
     return withCallback(promise, callback);
   }
 
   /** How many blobs are stored. */
   count(callback) {
-    return withCallback(fetch(this.url('/wsapi/interaction_data/count')).then(json), callback);
+    return withCallback(this.request('/wsapi/interaction_data/count'), callback);
   }
 
   /** The blob with the greatest timestamp, or null when there is none. */
   last(callback) {
-    const promise = fetch(this.url('/wsapi/interaction_data/last')).then((res) =>
+    const promise = this.request('/wsapi/interaction_data/last', undefined, (res) =>
       res.status === 404 ? null : json(res),
     );
     return withCallback(promise, callback);
@@ -188,11 +246,41 @@ export class KPiggybank {
 
   /**
    * Follows the change feed; see {@link ChangeFeed} for the options and
-   * events. Uses a WebSocket where there is one (browsers, Node 22+), else
-   * the HTTP ndjson stream.
+   * events. Uses a WebSocket where there is one (browsers, Node 22+, Node 20
+   * with --experimental-websocket), else the HTTP ndjson stream.
    */
   followChanges(options = {}) {
     return new ChangeFeed(this, options);
+  }
+}
+
+function hasWebSocket() {
+  return typeof globalThis.WebSocket === 'function';
+}
+
+/**
+ * Node 20 has a WebSocket only behind a flag, and a stream feed that cannot
+ * replay looks like a server bug: say which flag, and what is used instead.
+ */
+const NO_WEBSOCKET =
+  'this runtime has none (Node 20: run node with --experimental-websocket; ' +
+  'Node 22+ and browsers have one)';
+
+/** Throws when `options` need a WebSocket the transport or runtime lacks. */
+function refuseWithoutWebSocket(transport, options) {
+  if (transport === 'websocket' && !hasWebSocket()) {
+    throw new RangeError(
+      `followChanges({transport: 'websocket'}) needs a WebSocket and ${NO_WEBSOCKET}; ` +
+        'leave transport out to follow over the HTTP stream instead',
+    );
+  }
+  if (transport === 'stream' && options.last) {
+    throw new RangeError(
+      hasWebSocket()
+        ? 'followChanges({last}) needs the WebSocket transport: the HTTP stream has no replay'
+        : `followChanges({last}) needs a WebSocket and ${NO_WEBSOCKET}; without one the feed ` +
+            'follows over the HTTP stream, which has no replay',
+    );
   }
 }
 
@@ -215,13 +303,8 @@ export class ChangeFeed extends Emitter {
     super();
     this.client = client;
     this.options = { ...options };
-    this.transport =
-      options.transport ?? (typeof globalThis.WebSocket === 'function' ? 'websocket' : 'stream');
-    if (this.transport === 'stream' && options.last) {
-      throw new RangeError(
-        'followChanges({last}) needs a WebSocket (browsers, Node 22+): the HTTP stream has no replay',
-      );
-    }
+    this.transport = options.transport ?? (hasWebSocket() ? 'websocket' : 'stream');
+    refuseWithoutWebSocket(this.transport, options);
     /** Seq of the last change delivered, or where the feed stood when subscribed. */
     this.seq = options.since ?? null;
     /** The store epoch `seq` belongs to. */
@@ -248,9 +331,8 @@ export class ChangeFeed extends Emitter {
     clearTimeout(this.timer);
     clearTimeout(this.watchdog);
     if (this.ws) {
-      const ws = this.ws;
+      retire(this.ws);
       this.ws = null;
-      ws.close(1000);
     }
     this.abort?.abort();
     this.rejectReady(new Error('closed'));
@@ -320,17 +402,21 @@ export class ChangeFeed extends Emitter {
     try {
       ws = new WebSocket(url);
     } catch (e) {
-      this.dropped(e);
+      this.dropped(unreachable(url, e));
       return;
     }
     this.ws = ws;
+    let opened = false;
     let replay = false;
     const subscribe = () => {
       const point = this.resumePoint();
       replay = point.last !== undefined;
       ws.send(JSON.stringify({ type: 'subscribe', ...point }));
     };
-    ws.onopen = subscribe;
+    ws.onopen = () => {
+      opened = true;
+      subscribe();
+    };
     ws.onmessage = (event) => {
       if (this.ws !== ws) return;
       let frame;
@@ -361,85 +447,125 @@ export class ChangeFeed extends Emitter {
           break;
       }
     };
-    ws.onclose = (event) => {
+    // Browsers fire `error` then `close`; Node 20 fires only `error` when it
+    // cannot connect. Whichever comes first ends this socket, once.
+    const lost = (err) => {
       if (this.ws !== ws) return;
       this.ws = null;
-      const why = event.reason ? `: ${event.reason}` : '';
-      this.dropped(new Error(`the WebSocket closed (${event.code}${why})`));
+      retire(ws);
+      this.dropped(err);
     };
-    // An error is always followed by close, which reconnects.
-    ws.onerror = () => {};
+    ws.onclose = (event) => {
+      const why = event.reason ? `: ${event.reason}` : '';
+      lost(new KPiggybankError(`the WebSocket to ${url} closed (${event.code}${why})`));
+    };
+    ws.onerror = (event) => {
+      // Browsers say nothing of why; Node's ErrorEvent has a message.
+      const cause = event?.error ?? new Error(event?.message || 'the connection failed');
+      lost(opened ? connectionLost('the WebSocket to', url, cause) : unreachable(url, cause));
+    };
   }
 
   async openStream() {
     const abort = new AbortController();
     this.abort = abort;
     const point = this.resumePoint();
-    const params = new URLSearchParams({ heartbeat: String(STREAM_HEARTBEAT_MS) });
-    if (point.since !== undefined) {
-      params.set('since', seqParam(point.since));
-      if (point.epoch) params.set('epoch', point.epoch);
-    }
+    const url = this.client.url('/wsapi/interaction_data/stream?' + streamQuery(point));
     const armWatchdog = () => {
       clearTimeout(this.watchdog);
-      this.watchdog = setTimeout(() => abort.abort(new Error('the stream went silent')), STREAM_SILENCE_MS);
+      const silent = () =>
+        abort.abort(new KPiggybankError(`the change stream ${url} went silent`));
+      this.watchdog = setTimeout(silent, STREAM_SILENCE_MS);
     };
+    let res;
     try {
       armWatchdog();
-      const res = await fetch(this.client.url('/wsapi/interaction_data/stream?' + params), {
-        signal: abort.signal,
-      });
-      if (res.status === 409) {
-        // The store was replaced: start over from now.
-        this.epoch = null;
-        this.reset(null);
-        throw await errorOf(res);
-      }
-      if (!res.ok) throw await errorOf(res);
-      // A server that names the feed's position lets us resume even before
-      // the first change; without it, a reconnect before then restarts at "now".
-      const headerSeq = res.headers.get('x-kpiggybank-seq');
-      let seq = null;
-      if (headerSeq !== null) {
-        try {
-          seq = JSON.parse(headerSeq);
-        } catch {
-          seq = headerSeq;
-        }
-      }
-      const known = point.since !== undefined || headerSeq !== null;
-      if (known) this.subscribed(res.headers.get('x-kpiggybank-epoch'), point.since ?? seq, false);
-      else {
-        this.epoch = res.headers.get('x-kpiggybank-epoch');
-        this.attempts = 0;
-        this.setState('live');
-        this.emit('subscribed', { epoch: this.epoch, seq: null });
-        this.resolveReady({ epoch: this.epoch, seq: null });
-      }
-      const reader = res.body.getReader();
-      const decoder = new TextDecoder();
-      let buffered = '';
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        armWatchdog();
-        buffered += decoder.decode(value, { stream: true });
-        let end;
-        while ((end = buffered.indexOf('\n')) >= 0) {
-          const line = buffered.slice(0, end).trim();
-          buffered = buffered.slice(end + 1);
-          if (!line) continue; // a heartbeat
-          const frame = JSON.parse(line);
-          if (frame.type === 'change') this.change(frame);
-          if (this.closed) return;
-        }
-      }
-      throw new Error('the change stream ended');
+      res = await fetch(url, { signal: abort.signal });
     } catch (e) {
-      clearTimeout(this.watchdog);
-      if (this.closed) return;
-      this.dropped(abort.signal.aborted && abort.signal.reason ? abort.signal.reason : e);
+      this.streamEnded(abort, unreachable(url, e));
+      return;
     }
+    try {
+      this.streamStarted(res, point);
+      if (!res.ok) throw await errorOf(res);
+      await this.readStream(res, armWatchdog);
+      if (!this.closed) throw new KPiggybankError(`the change stream ${url} ended`);
+    } catch (e) {
+      const err = e instanceof KPiggybankError ? e : connectionLost('the change stream', url, e);
+      this.streamEnded(abort, err);
+    }
+  }
+
+  /** Takes the feed's position from the stream's headers. */
+  streamStarted(res, point) {
+    if (res.status === 409) {
+      // The store was replaced: start over from now.
+      this.epoch = null;
+      this.reset(null);
+    }
+    if (!res.ok) return;
+    // A server that names the feed's position lets us resume even before
+    // the first change; without it, a reconnect before then restarts at "now".
+    const headerSeq = res.headers.get('x-kpiggybank-seq');
+    const epoch = res.headers.get('x-kpiggybank-epoch');
+    if (point.since !== undefined || headerSeq !== null) {
+      this.subscribed(epoch, point.since ?? parseSeq(headerSeq), false);
+    } else {
+      this.epoch = epoch;
+      this.attempts = 0;
+      this.setState('live');
+      this.emit('subscribed', { epoch, seq: null });
+      this.resolveReady({ epoch, seq: null });
+    }
+  }
+
+  /** Delivers the stream's changes until it ends or the feed is closed. */
+  async readStream(res, armWatchdog) {
+    const reader = res.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      armWatchdog();
+      buffered += decoder.decode(value, { stream: true });
+      let end;
+      while ((end = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, end).trim();
+        buffered = buffered.slice(end + 1);
+        if (!line) continue; // a heartbeat
+        const frame = JSON.parse(line);
+        if (frame.type === 'change') this.change(frame);
+        if (this.closed) return;
+      }
+    }
+  }
+
+  /** After a stream ends: why it did, and when to try again. */
+  streamEnded(abort, err) {
+    clearTimeout(this.watchdog);
+    if (this.closed) return;
+    // An abort of ours (the watchdog) says why better than what it broke.
+    this.dropped(abort.signal.aborted && abort.signal.reason ? abort.signal.reason : err);
+  }
+}
+
+/** The stream's query: heartbeats, and where to resume. */
+function streamQuery(point) {
+  const params = new URLSearchParams({ heartbeat: String(STREAM_HEARTBEAT_MS) });
+  if (point.since !== undefined) {
+    params.set('since', seqParam(point.since));
+    if (point.epoch) params.set('epoch', point.epoch);
+  }
+  return params;
+}
+
+/** A seq from a header: JSON, though a bare string is taken as is. */
+function parseSeq(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
   }
 }
 

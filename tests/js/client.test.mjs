@@ -5,7 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import KPiggybank, { KPiggybankError } from '../../static/kpiggybank.js';
-import { Server, loginBlob } from './server.mjs';
+import { Server, loginBlob, until, withWebSocket } from './server.mjs';
 
 let server;
 before(async () => {
@@ -14,15 +14,6 @@ before(async () => {
 after(async () => {
   await server?.stop();
 });
-
-/** Waits until `check()` is truthy, or fails naming `what`. */
-async function until(what, check, ms = 5000) {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 test('the constructor takes host and port, or a base URL', () => {
   assert.equal(new KPiggybank('127.0.0.1', 4000).baseUrl, 'http://127.0.0.1:4000');
@@ -121,6 +112,28 @@ test('followChanges delivers each change once and resumes by seq across a restar
 test('a stream feed refuses a replay it cannot do', () => {
   const kp = new KPiggybank(server.url);
   assert.throws(() => kp.followChanges({ transport: 'stream', last: 5 }), RangeError);
+});
+
+test('without a WebSocket, the feed follows the stream and names the flag that gives one', async () => {
+  const kp = new KPiggybank(server.url);
+  await withWebSocket(undefined, async () => {
+    const flag = /--experimental-websocket/;
+    assert.throws(
+      () => kp.followChanges({ last: 5 }),
+      (e) => e instanceof RangeError && flag.test(e.message) && /HTTP stream/.test(e.message),
+    );
+    assert.throws(
+      () => kp.followChanges({ transport: 'websocket' }),
+      (e) => e instanceof RangeError && flag.test(e.message),
+    );
+    const feed = kp.followChanges();
+    try {
+      assert.equal(feed.transport, 'stream');
+      await feed.ready;
+    } finally {
+      feed.close();
+    }
+  });
 });
 
 // Browsers and Node 22+ have a global WebSocket; Node 20 needs

@@ -84,20 +84,29 @@ export class Server {
     });
   }
 
-  /** Stops the process this object started (SIGTERM, by its PID) and waits. */
-  stopProcess() {
+  /**
+   * Stops the process this object started (by its PID) and waits for it to
+   * exit. SIGTERM lets it shut down gracefully (WebSockets closed with 1001);
+   * SIGKILL drops every connection as a crash would.
+   */
+  stopProcess(signal = 'SIGTERM') {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
     return new Promise((resolve) => {
       child.once('exit', () => resolve());
-      child.kill('SIGTERM');
+      child.kill(signal);
     });
   }
 
+  /** Starts it again on the port and data it had, after a stopProcess(). */
+  startAgain() {
+    return this.run(this.port);
+  }
+
   /** Stops it and starts it again on the same port and data. */
-  async restart() {
-    await this.stopProcess();
-    await this.run(this.port);
+  async restart(signal) {
+    await this.stopProcess(signal);
+    await this.startAgain();
   }
 
   /** Stops it and removes its data. */
@@ -122,4 +131,28 @@ export function loginBlob(timestamp, n = 0) {
     screen_size: { width: 640, height: 480 },
     user_agent: { os: 'TestOS', browser: 'Foo', version: String(n) },
   };
+}
+
+/** Waits until `check()` is truthy, or fails naming `what`. */
+export async function until(what, check, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * Runs `fn` with `globalThis.WebSocket` replaced by `value` (undefined: as
+ * in Node 20 without --experimental-websocket), then puts it back.
+ */
+export async function withWebSocket(value, fn) {
+  const saved = Object.getOwnPropertyDescriptor(globalThis, 'WebSocket');
+  Object.defineProperty(globalThis, 'WebSocket', { value, configurable: true, writable: true });
+  try {
+    return await fn();
+  } finally {
+    if (saved) Object.defineProperty(globalThis, 'WebSocket', saved);
+    else delete globalThis.WebSocket;
+  }
 }
