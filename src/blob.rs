@@ -841,8 +841,8 @@ mod tests {
             .finish();
         let list = format!(r#"[{{"timestamp":1}},{blob}]"#);
         let as_string = serde_json::to_string(blob).unwrap();
-        let ws = |frame: String| match crate::ws::protocol::parse(&frame) {
-            Ok(crate::ws::protocol::ClientFrame::Push { blobs, .. }) => blobs,
+        let ws = |frame: String| match crate::protocol::parse(&frame) {
+            Ok(crate::protocol::ClientFrame::Push { blobs, .. }) => blobs,
             other => panic!("not a push: {other:?}"),
         };
         let json = Some("application/json");
