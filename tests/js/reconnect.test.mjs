@@ -12,15 +12,18 @@ import { Server, loginBlob, until, withWebSocket } from './server.mjs';
 
 const HAS_WEBSOCKET = typeof globalThis.WebSocket === 'function';
 
-/** Skips (visibly) only the WebSocket runs, and only when Node has none. */
-function needs(transport) {
-  return {
-    timeout: 20_000,
-    skip:
-      transport === 'websocket' &&
-      !HAS_WEBSOCKET &&
-      'no global WebSocket: run Node 20 with --experimental-websocket',
-  };
+/** Each test's options: restarts take a second or two, never twenty. */
+const OPTIONS = { timeout: 20_000 };
+
+/**
+ * Fails the test unless this Node can run `transport`: a WebSocket run
+ * fails loudly, never skips, when Node has no WebSocket.
+ */
+function requireTransport(transport) {
+  assert.ok(
+    transport !== 'websocket' || HAS_WEBSOCKET,
+    'no global WebSocket: run Node 20 with --experimental-websocket (scripts/test does)',
+  );
 }
 
 /** A feed and what it reported. */
@@ -57,7 +60,8 @@ const settle = () => new Promise((r) => setTimeout(r, 300));
 
 for (const transport of ['websocket', 'stream']) {
   for (const signal of ['SIGTERM', 'SIGKILL']) {
-    test(`${transport}: a follower gets every change once across a stop (${signal}) and a start on the same port`, needs(transport), async () => {
+    test(`${transport}: a follower gets every change once across a stop (${signal}) and a start on the same port`, OPTIONS, async () => {
+      requireTransport(transport);
       const server = await Server.start();
       const kp = new KPiggybank(server.url);
       const { feed, seen, errors } = follow(kp, transport);
@@ -95,7 +99,8 @@ for (const transport of ['websocket', 'stream']) {
     });
   }
 
-  test(`${transport}: a follower started while no server listens connects once one does`, needs(transport), async () => {
+  test(`${transport}: a follower started while no server listens connects once one does`, OPTIONS, async () => {
+    requireTransport(transport);
     const server = await Server.start();
     await server.stopProcess();
     const kp = new KPiggybank(server.url);
