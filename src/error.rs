@@ -82,6 +82,7 @@ impl ApiError {
             ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
                 StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 StoreError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                StoreError::Window(_) => StatusCode::BAD_REQUEST,
             },
             ApiError::Feed(e) => match e {
                 FeedError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -106,6 +107,7 @@ impl ApiError {
             ApiError::Write(WriteError::Store(e)) | ApiError::Store(e) => match e {
                 StoreError::Unavailable(_) => "store_unavailable",
                 StoreError::Refused(_) => "refused",
+                StoreError::Window(_) => "bad_param",
             },
             ApiError::Feed(e) => match e {
                 FeedError::Unavailable(_) => "store_unavailable",

@@ -49,6 +49,7 @@ mod net;
 mod protocol;
 mod recent_ids;
 mod registry;
+mod rollup;
 pub mod sample;
 mod server;
 mod state;

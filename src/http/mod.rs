@@ -5,6 +5,7 @@ mod answer;
 mod params;
 mod read;
 mod smash;
+mod stats;
 mod stream;
 mod write;
 
@@ -28,6 +29,8 @@ pub fn routes() -> Router<AppState> {
         .route("/wsapi/interaction_data/last", get(read::last))
         .route("/wsapi/interaction_data/stream", get(stream::stream))
         .route("/wsapi/interaction_data/smash", post(smash::smash))
+        .route("/wsapi/interaction_data/stats", get(stats::stats))
+        .route("/wsapi/interaction_data/stats/stream", get(stats::stream))
         .route("/wsapi/stats", get(stats))
         .fallback(not_found)
 }

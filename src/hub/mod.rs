@@ -4,6 +4,7 @@
 //! - [`pump`]: the one task that moves the feed's live events into the ring.
 //! - [`ring`]: the recent changes, by position.
 //! - [`subscription`]: a subscriber's place, live, catching up or rejoining.
+//! - [`stats`]: the live rollup's frames, once per interval for all watchers.
 //!
 //! A subscriber is a cursor into the ring, not a queue: a slow one costs no
 //! memory and never slows producers or other subscribers. One that falls out
@@ -15,13 +16,18 @@
 
 mod pump;
 mod ring;
+mod stats;
 mod subscription;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::feed::{ChangeFeed, FeedError, FeedEvents, Seq, Start};
+use crate::rollup::live::LiveRollup;
 use ring::Ring;
 
 pub use ring::Entry;
@@ -35,11 +41,15 @@ pub const RING_CAPACITY: usize = 16_384;
 pub struct Hub {
     ring: Arc<Ring>,
     feed: Arc<dyn ChangeFeed>,
+    /// The newest live stats frame (`None` until the first is computed);
+    /// frames are computed only while it has receivers.
+    stats: Arc<watch::Sender<Option<Bytes>>>,
 }
 
 impl Hub {
     /// A hub for `feed`, whose live side stood at `start_seq`, keeping
-    /// `capacity` recent changes; `events` are moved into it by a pump task.
+    /// `capacity` recent changes; `events` are moved into it by a pump task,
+    /// which also feeds the live rollup. The tasks end when the handle is aborted.
     pub fn start(
         feed: Arc<dyn ChangeFeed>,
         events: FeedEvents,
@@ -47,8 +57,32 @@ impl Hub {
         capacity: usize,
     ) -> (Arc<Hub>, JoinHandle<()>) {
         let ring = Arc::new(Ring::new(capacity, feed.epoch(), start_seq));
-        let pump = tokio::spawn(pump::run(events, ring.clone()));
-        (Arc::new(Hub { ring, feed }), pump)
+        let live = Arc::new(Mutex::new(LiveRollup::default()));
+        let frames = Arc::new(watch::Sender::new(None));
+        let tasks = {
+            let (ring, frames) = (ring.clone(), frames.clone());
+            tokio::spawn(async move {
+                // One handle for both: the stats ticker has nothing to do
+                // once the pump's feed is gone.
+                let ticker = tokio::spawn(stats::run(live.clone(), frames));
+                pump::run(events, ring, live).await;
+                ticker.abort();
+            })
+        };
+        (
+            Arc::new(Hub {
+                ring,
+                feed,
+                stats: frames,
+            }),
+            tasks,
+        )
+    }
+
+    /// The live stats frames: the newest one, changing once per interval
+    /// while anyone holds a receiver.
+    pub fn watch_stats(&self) -> watch::Receiver<Option<Bytes>> {
+        self.stats.subscribe()
     }
 
     /// The epoch the live feed is in now.

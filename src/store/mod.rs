@@ -18,6 +18,34 @@ use async_trait::async_trait;
 use crate::blob::{Blob, Doc};
 use crate::config::{Backend, Config};
 use crate::feed::{self, ChangeFeed, FeedEvents, Seq};
+use crate::rollup::facts::SECONDS_BELOW;
+use crate::rollup::window::{WindowError, bucket_ms, bucket_start};
+use crate::rollup::{Facts, Rollup, Summary};
+
+/// Blobs read per page when a rollup is computed by scanning the range.
+const ROLLUP_SCAN_PAGE: usize = 5_000;
+
+/// A window of time to compute KPIs over, as `GET …/stats` asks for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RollupQuery {
+    /// Start, inclusive, ms since the epoch; `None`: the oldest blob.
+    pub start_ms: Option<i64>,
+    /// End, inclusive, ms since the epoch; `None`: the newest blob.
+    pub end_ms: Option<i64>,
+    /// The bucket width; `None`: one chosen from the window.
+    pub bucket: Option<std::time::Duration>,
+}
+
+/// The raw `timestamp` ranges holding the blobs of a window in ms: producers
+/// send seconds or milliseconds, so a window covers both spellings.
+pub fn raw_ranges(start_ms: i64, end_ms: i64) -> [(i64, i64); 2] {
+    let seconds = (
+        start_ms.div_euclid(1000) + i64::from(start_ms.rem_euclid(1000) != 0),
+        end_ms.div_euclid(1000).min(SECONDS_BELOW - 1),
+    );
+    let millis = (start_ms.max(SECONDS_BELOW), end_ms);
+    [seconds, millis]
+}
 
 /// A range of blobs by `timestamp`, as the HTTP API and the Rust client ask for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,6 +81,9 @@ pub struct Page {
 /// Why a store could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// A rollup window that cannot be answered.
+    #[error(transparent)]
+    Window(#[from] WindowError),
     /// The store cannot be reached or failed; the message holds no secret.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
@@ -103,8 +134,85 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Removes and returns the blobs in range, atomically: no blob is both
     /// returned and kept, and two smashes never return the same blob.
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError>;
+
+    /// The KPIs of a window, by bucket. This default reads the window's
+    /// blobs page by page (memory, dummy); stores that can aggregate where
+    /// the data is (SQL, a CouchDB view) answer without reading blobs.
+    async fn rollup(&self, query: &RollupQuery) -> Result<Rollup, StoreError> {
+        let (start_ms, end_ms) = rollup_bounds(self, query).await?;
+        let bucket_ms = bucket_ms(end_ms.saturating_sub(start_ms).max(0) as u64, query.bucket)?;
+        let mut buckets: std::collections::BTreeMap<i64, Summary> = Default::default();
+        for (low, high) in raw_ranges(start_ms, end_ms) {
+            if low > high {
+                continue;
+            }
+            let range = RangeQuery {
+                start: Some(low),
+                end: Some(high),
+                ..RangeQuery::default()
+            };
+            let mut after = None;
+            loop {
+                let page = self
+                    .range_page(&range, after.as_ref(), ROLLUP_SCAN_PAGE)
+                    .await?;
+                for doc in &page.docs {
+                    if let Some(facts) = Facts::of(doc.as_str()) {
+                        buckets
+                            .entry(bucket_start(facts.ts_ms, bucket_ms))
+                            .or_default()
+                            .add(&facts);
+                    }
+                }
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(Rollup {
+            start_ms: bucket_start(start_ms, bucket_ms),
+            end_ms,
+            bucket_ms,
+            buckets: buckets.into_iter().collect(),
+        })
+    }
 }
 
+/// The window a rollup covers: as asked, or from the oldest to the newest
+/// blob where a bound is left out (either spelling of `timestamp`).
+pub async fn rollup_bounds<S: BlobStore + ?Sized>(
+    store: &S,
+    query: &RollupQuery,
+) -> Result<(i64, i64), StoreError> {
+    // The edges of each spelling's raw range: seconds, then milliseconds.
+    let mut edges = Vec::new();
+    for (low, high, descending) in [
+        (0, SECONDS_BELOW - 1, false),
+        (SECONDS_BELOW, i64::MAX, false),
+        (0, SECONDS_BELOW - 1, true),
+        (SECONDS_BELOW, i64::MAX, true),
+    ] {
+        if (descending && query.end_ms.is_some()) || (!descending && query.start_ms.is_some()) {
+            continue;
+        }
+        let edge = RangeQuery {
+            start: Some(low),
+            end: Some(high),
+            limit: Some(1),
+            descending,
+        };
+        let page = store.range_page(&edge, None, 1).await?;
+        if let Some(facts) = page.docs.first().and_then(|d| Facts::of(d.as_str())) {
+            edges.push((descending, facts.ts_ms));
+        }
+    }
+    let oldest = edges.iter().filter(|(d, _)| !d).map(|(_, t)| *t).min();
+    let newest = edges.iter().filter(|(d, _)| *d).map(|(_, t)| *t).max();
+    let start = query.start_ms.or(oldest).unwrap_or(0);
+    let end = query.end_ms.or(newest).unwrap_or(start);
+    Ok((start, end.max(start)))
+}
 /// An opened backend: its blobs, its feed, and how to drive its writes.
 pub struct Opened {
     /// The blobs.

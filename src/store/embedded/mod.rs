@@ -8,6 +8,7 @@
 //! to the feed while the write lock is still held, so they leave in seq order.
 
 mod feed;
+mod rollup;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,10 +18,12 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, RollupQuery, StoreError, rollup_bounds};
 use crate::blob::{Blob, Doc};
 use crate::config::Config;
 use crate::feed::{Change, FeedError, FeedSender, Seq, new_epoch};
+use crate::rollup::Rollup;
+use crate::rollup::window::bucket_ms;
 
 /// Read connections kept open between reads; more are opened under load.
 const READ_POOL: usize = 8;
@@ -82,7 +85,7 @@ impl EmbeddedStore {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 StoreError::Unavailable(format!("cannot create DATA_DIR {}: {e}", dir.display()))
             })?;
-            let conn = open_connection(&path)?;
+            let mut conn = open_connection(&path)?;
             let mode: String = conn
                 .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
                 .map_err(sql)?;
@@ -93,11 +96,13 @@ impl EmbeddedStore {
                 )));
             }
             conn.execute_batch(SCHEMA).map_err(sql)?;
+            conn.execute_batch(rollup::SCHEMA).map_err(sql)?;
             conn.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?1)",
                 [&*new_epoch()],
             )
             .map_err(sql)?;
+            rollup::fill(&mut conn).map_err(sql)?;
             let epoch: String = conn
                 .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
                     r.get(0)
@@ -257,6 +262,7 @@ impl BlobStore for EmbeddedStore {
                         });
                     }
                 }
+                rollup::account(&tx, changes.iter().map(|c| c.doc.as_str()), 1).map_err(sql)?;
                 tx.commit().map_err(sql)?;
                 inner
                     .count
@@ -323,6 +329,13 @@ impl BlobStore for EmbeddedStore {
         Ok(self.inner.count.load(Ordering::Relaxed))
     }
 
+    async fn rollup(&self, query: &RollupQuery) -> Result<Rollup, StoreError> {
+        let (start_ms, end_ms) = rollup_bounds(self, query).await?;
+        let bucket_ms = bucket_ms(end_ms.saturating_sub(start_ms) as u64, query.bucket)?;
+        self.read(move |conn| rollup::query(conn, start_ms, end_ms, bucket_ms))
+            .await
+    }
+
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
         let sql_text = smash_sql(query.descending);
         let start = query.start.unwrap_or(i64::MIN);
@@ -350,6 +363,7 @@ impl BlobStore for EmbeddedStore {
                     delete.execute([seq]).map_err(sql)?;
                 }
             }
+            rollup::account(&tx, taken.iter().map(|(_, d)| d.as_str()), -1).map_err(sql)?;
             tx.commit().map_err(sql)?;
             let bytes: u64 = taken.iter().map(|(_, d)| d.len() as u64).sum();
             inner.count.fetch_sub(taken.len() as u64, Ordering::Relaxed);
