@@ -432,6 +432,37 @@ impl Couch {
         Ok(())
     }
 
+    /// Installs the document `id` unless it holds `"kpiggybank_version":
+    /// version` already; `body` writes it, given the revision it replaces.
+    pub async fn ensure_versioned(
+        &self,
+        id: &str,
+        version: u64,
+        body: impl Fn(Option<&str>) -> String,
+    ) -> Result<(), CouchError> {
+        let (status, bytes) = self.call(Method::GET, id, &[], None).await?;
+        let rev = if status.as_u16() == 200 {
+            let what = format!("GET /{}/{id}", self.db);
+            let doc: serde_json::Value = Couch::parse(&what, &bytes)?;
+            if doc["kpiggybank_version"].as_u64() == Some(version) {
+                return Ok(());
+            }
+            doc["_rev"].as_str().map(str::to_string)
+        } else {
+            None
+        };
+        // 409: another node wrote it first; theirs is as good.
+        self.call_ok(
+            Method::PUT,
+            id,
+            &[],
+            Some(body(rev.as_deref())),
+            &[201, 202, 409],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn ensure_epoch(&self) -> Result<String, CouchError> {
         #[derive(Deserialize)]
         struct Epoch {
@@ -521,6 +552,15 @@ impl Couch {
     ) -> Result<bytes::Bytes, CouchError> {
         self.call_ok(Method::GET, "_design/data/_view/all", query, None, &[200])
             .await
+    }
+
+    /// Reads any view of the database; the raw answer.
+    pub async fn view(
+        &self,
+        path: &str,
+        query: &[(&str, Cow<'_, str>)],
+    ) -> Result<bytes::Bytes, CouchError> {
+        self.call_ok(Method::GET, path, query, None, &[200]).await
     }
 
     /// The rows of a view answer.

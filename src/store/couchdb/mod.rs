@@ -18,6 +18,7 @@ pub mod client;
 pub mod feed;
 pub mod forwarder;
 pub mod relay;
+pub mod rollup;
 pub mod spool;
 
 use std::borrow::Cow;
@@ -32,10 +33,12 @@ use tokio::task::AbortHandle;
 
 use self::client::{Couch, CouchError, DocOutcome, blob_doc};
 use self::spool::Spool;
-use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, RollupQuery, StoreError, rollup_bounds};
 use crate::blob::{Blob, Doc};
 use crate::config::Config;
 use crate::feed::{FeedSender, Seq};
+use crate::rollup::Rollup;
+use crate::rollup::window::bucket_ms;
 
 /// `_bulk_docs` requests the batcher may have in flight: each is a round
 /// trip, so one at a time would leave CouchDB and this node idle.
@@ -118,6 +121,7 @@ impl CouchStore {
     pub async fn open(config: &Config, feed: FeedSender) -> Result<CouchStore, StoreError> {
         let couch = Couch::new(config).map_err(unavailable)?;
         let epoch = couch.ensure_database().await.map_err(unavailable)?;
+        rollup::ensure_design(&couch).await.map_err(unavailable)?;
         let info = couch.info().await.map_err(unavailable)?;
         let start = info.get("update_seq").cloned().map(Seq);
         let used = ["/sizes/external", "/data_size", "/disk_size"]
@@ -376,6 +380,14 @@ impl BlobStore for CouchStore {
 
     async fn count(&self) -> Result<u64, StoreError> {
         self.shared.couch.count().await.map_err(unavailable)
+    }
+
+    async fn rollup(&self, query: &RollupQuery) -> Result<Rollup, StoreError> {
+        let (start_ms, end_ms) = rollup_bounds(self, query).await?;
+        let bucket_ms = bucket_ms(end_ms.saturating_sub(start_ms) as u64, query.bucket)?;
+        rollup::query(&self.shared.couch, start_ms, end_ms, bucket_ms)
+            .await
+            .map_err(unavailable)
     }
 
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {

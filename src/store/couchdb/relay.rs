@@ -142,6 +142,8 @@ async fn follow(
             shared.couch.describe(),
             shared.epoch()
         );
+        // The new database has none of our design documents yet.
+        super::rollup::ensure_design(&shared.couch).await?;
         let epoch: Arc<str> = epoch.into();
         shared.set_epoch(epoch.clone());
         *since = Value::from(0);
