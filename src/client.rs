@@ -1,6 +1,7 @@
 //! The Rust client, mirroring the original JavaScript API: `save_data`,
 //! `fetch_range`, `count`, `last`, and `follow_changes`, a stream of changes
-//! that reconnects by itself and resumes by `seq`.
+//! that reconnects by itself and resumes by `seq`; plus the KPIs the server
+//! computes: `stats` over a window and `follow_stats`, the live rollup.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -59,6 +60,17 @@ pub struct RangeOptions {
     pub limit: Option<u64>,
     /// Newest first.
     pub descending: bool,
+}
+
+/// A window of KPIs, as in `GET /wsapi/interaction_data/stats`.
+#[derive(Debug, Clone, Default)]
+pub struct StatsOptions {
+    /// Start, inclusive, ms since the epoch; `None`: the oldest blob.
+    pub start: Option<i64>,
+    /// End, inclusive, ms since the epoch; `None`: the newest blob.
+    pub end: Option<i64>,
+    /// The bucket width (`1s`, `10s`, `1m`, `1h`, `1d`); `None`: chosen from the window.
+    pub bucket: Option<String>,
 }
 
 /// One change from the feed.
@@ -186,6 +198,42 @@ impl Client {
         Ok(Some(Client::check(res).await?.json().await?))
     }
 
+    /// The KPIs of a window, by bucket: the server's JSON answer
+    /// (`total`, `buckets`, `bucket_ms`; see README.md).
+    pub async fn stats(&self, options: &StatsOptions) -> Result<Value, ClientError> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(start) = options.start {
+            query.push(("start", start.to_string()));
+        }
+        if let Some(end) = options.end {
+            query.push(("end", end.to_string()));
+        }
+        if let Some(bucket) = &options.bucket {
+            query.push(("bucket", bucket.clone()));
+        }
+        let url = reqwest::Url::parse_with_params(
+            &format!("{}/wsapi/interaction_data/stats", self.base),
+            &query,
+        )
+        .expect("base URL is valid");
+        let res = self.http.get(url).send().await?;
+        Ok(Client::check(res).await?.json().await?)
+    }
+
+    /// Follows the node's live rollup: a `stats` frame per interval
+    /// (`windows` of 10 s, 5 min and 1 h, `per_second` counts). It
+    /// reconnects with backoff after any break; frames missed meanwhile
+    /// are not replayed (each frame is whole on its own).
+    pub fn follow_stats(&self) -> StatsFrames {
+        let (tx, rx) = mpsc::channel(STATS_BUFFER);
+        let task = tokio::spawn(follow_stats(
+            self.http.clone(),
+            format!("{}/wsapi/interaction_data/stats/stream", self.base),
+            tx,
+        ));
+        StatsFrames { rx, task }
+    }
+
     /// Follows the change feed over a WebSocket. The stream reconnects with
     /// backoff after any break and resumes after the last change it yielded,
     /// so it neither misses nor repeats one. It ends with an error only when
@@ -195,6 +243,83 @@ impl Client {
         let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
         let task = tokio::spawn(follow(ws_base, from, tx));
         Changes { rx, task }
+    }
+}
+
+/// Live stats frames kept for a slow consumer; past it the stream is not read.
+const STATS_BUFFER: usize = 16;
+
+/// Longest stats line read; a frame with every breakdown full is far smaller.
+const MAX_STATS_LINE: usize = 1024 * 1024;
+
+/// The stream returned by [`Client::follow_stats`]; stops following when dropped.
+pub struct StatsFrames {
+    rx: mpsc::Receiver<Result<Value, ClientError>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stream for StatsFrames {
+    type Item = Result<Value, ClientError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for StatsFrames {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn follow_stats(
+    http: reqwest::Client,
+    url: String,
+    tx: mpsc::Sender<Result<Value, ClientError>>,
+) {
+    let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
+    loop {
+        match http.get(&url).send().await.map_err(ClientError::from) {
+            Ok(res) => match Client::check(res).await {
+                Ok(res) => {
+                    let mut body = res.bytes_stream();
+                    let mut line = Vec::new();
+                    while let Some(Ok(chunk)) = body.next().await {
+                        for &byte in chunk.iter() {
+                            if byte != b'\n' {
+                                // A frame is a few KiB; a line past the cap is not ours.
+                                if line.len() < MAX_STATS_LINE {
+                                    line.push(byte);
+                                }
+                                continue;
+                            }
+                            let frame = serde_json::from_slice::<Value>(line.trim_ascii());
+                            line.clear();
+                            if let Ok(frame) = frame {
+                                backoff.reset();
+                                if tx.send(Ok(frame)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if tx.send(Err(e)).await.is_err() {
+                        return;
+                    }
+                }
+            },
+            Err(e) => {
+                if tx.send(Err(e)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

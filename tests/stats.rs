@@ -267,3 +267,46 @@ async fn the_live_rollup_streams_a_frame_per_second_with_what_just_arrived() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_rust_client_reads_a_window_and_follows_the_live_rollup() {
+    use kpiggybank::client::{Client, StatsOptions};
+    let (server, _dir) = Server::start(&[]);
+    fill(&server).await;
+    let client = Client::from_url(&server.url(""));
+    let day = client
+        .stats(&StatsOptions {
+            start: Some(DAY),
+            end: Some(DAY + 3_599_999),
+            bucket: Some("10m".into()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(day["total"]["count"], 600);
+    assert_eq!(day["bucket_ms"], 600_000);
+    let refused = client
+        .stats(&StatsOptions {
+            bucket: Some("fortnight".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    let mut frames = client.follow_stats();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    server.store(&blob(now, 4000, "Opera", true)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, frames.next())
+            .await
+            .expect("a frame with the new sign-in")
+            .unwrap()
+            .unwrap();
+        if frame["windows"]["10s"]["browser"]["Opera"] == 1 {
+            break;
+        }
+    }
+}
