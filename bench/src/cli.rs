@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 
 use crate::options::Common;
-use crate::{fanout, idle, ingest, logins};
+use crate::{fanout, idle, ingest, logins, rollup};
 
 /// The command line.
 #[derive(Parser, Debug)]
@@ -31,6 +31,8 @@ pub enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Server memory per idle WebSocket connection.
     Idle(idle::IdleArgs),
+    /// A day of sign-ins, then its KPIs by hour against the old blob download.
+    Rollup(rollup::RollupArgs),
     /// Every scenario at the sizes of docs/benchmarks.md, with baselines.
     All,
     /// Every scenario with tiny numbers in a few seconds (run by the test suite).

@@ -10,6 +10,7 @@
 //! - [`ingest`]: acknowledged blobs/s and latency over HTTP or WebSocket.
 //! - [`fanout`]: one producer, S subscribers: deliveries/s, latency, lost, duplicated.
 //! - [`idle`]: server memory per idle WebSocket connection.
+//! - [`rollup`]: a day of a million sign-ins, and its KPIs by hour.
 //! - [`suite`]: `all` and `smoke`, every scenario in one run.
 //! - [`baseline`]: the bare handler and direct CouchDB writes.
 //! - [`load`]: the HTTP and WebSocket load loops the scenarios share.
@@ -31,6 +32,7 @@ mod options;
 mod payload;
 mod process;
 mod report;
+mod rollup;
 mod suite;
 
 use std::process::ExitCode;
@@ -79,6 +81,7 @@ async fn run(ctx: &mut Ctx, scenario: &Scenario) -> Result<(), String> {
         Scenario::Ingest(a) => ingest::run(ctx, a).await,
         Scenario::Fanout(a) => fanout::run(ctx, a).await,
         Scenario::Idle(a) => idle::run(ctx, a).await,
+        Scenario::Rollup(a) => rollup::run(ctx, a).await,
         Scenario::All => suite::run(ctx, false).await,
         Scenario::Smoke => suite::run(ctx, true).await,
         Scenario::BaselineServer => unreachable!("handled before the runtime starts"),

@@ -3,7 +3,7 @@
 
 use crate::ctx::Ctx;
 use crate::options::Backend;
-use crate::{fanout, idle, ingest, logins};
+use crate::{fanout, idle, ingest, logins, rollup};
 
 /// Every scenario, at full or smoke size. The backend of each is the one its
 /// target names; `--backend couchdb` adds the CouchDB comparison.
@@ -69,6 +69,16 @@ pub async fn run(ctx: &mut Ctx, smoke: bool) -> Result<(), String> {
         &idle::IdleArgs {
             connections: n(5000, 20) as usize,
             subscribed: true,
+        },
+    )
+    .await?;
+
+    rollup::run(
+        ctx,
+        &rollup::RollupArgs {
+            blobs: n(1_000_000, 2_000),
+            batch: n(1000, 100),
+            clients: 4,
         },
     )
     .await?;
