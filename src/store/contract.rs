@@ -424,7 +424,8 @@ async fn reads_answer_what_was_written(fx: &mut Fixture) {
         (Some(30), None),
         (None, Some(10)),
         (Some(20), Some(20)),
-        (Some(61), None), // beyond every blob
+        (Some(61), None),     // beyond every blob
+        (Some(40), Some(20)), // reversed: nothing is in it
     ];
     for (start, end) in bounds {
         for descending in [false, true] {
