@@ -6,6 +6,8 @@
 //! [`crate::feed::FeedSender`] that the store (or, for CouchDB, its `_changes` relay)
 //! writes to.
 
+#[cfg(test)]
+mod contract;
 pub mod couchdb;
 pub mod dummy;
 pub mod embedded;

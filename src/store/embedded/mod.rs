@@ -108,9 +108,11 @@ impl EmbeddedStore {
                     r.get(0)
                 })
                 .map_err(sql)?;
+            // Bytes, as writes and smashes count them: `length` of TEXT
+            // counts characters, which would undercount non-ASCII blobs.
             let (count, used): (i64, i64) = conn
                 .query_row(
-                    "SELECT count(*), coalesce(sum(length(doc)), 0) FROM blobs",
+                    "SELECT count(*), coalesce(sum(length(CAST(doc AS BLOB))), 0) FROM blobs",
                     [],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
