@@ -39,6 +39,30 @@ pub enum ApiError {
         /// What it accepts.
         expected: &'static str,
     },
+    /// Query parameters the route does not take: a misspelt name would
+    /// otherwise be ignored, and the answer look right.
+    #[error(
+        "unknown query parameter{} {}: this route takes {}",
+        if .names.len() > 1 { "s" } else { "" },
+        quoted(.names),
+        quoted(.accepted)
+    )]
+    UnknownParam {
+        /// The names not taken, in order.
+        names: Vec<String>,
+        /// The names the route takes.
+        accepted: &'static [&'static str],
+    },
+    /// A range that can hold nothing because its bounds are swapped.
+    #[error(
+        "`start` ({start}) is after `end` ({end}): they are the smallest and the greatest timestamp, both inclusive, whatever the order asked for"
+    )]
+    BackwardRange {
+        /// The `start` sent.
+        start: i64,
+        /// The `end` sent.
+        end: i64,
+    },
     /// The body is over `MAX_BODY_BYTES`.
     #[error("the body is larger than the limit of {limit} bytes (MAX_BODY_BYTES)")]
     TooLarge {
@@ -73,6 +97,8 @@ impl ApiError {
         match self {
             ApiError::Blob(_)
             | ApiError::BadParam { .. }
+            | ApiError::UnknownParam { .. }
+            | ApiError::BackwardRange { .. }
             | ApiError::BodyRead(_)
             | ApiError::Frame(_) => StatusCode::BAD_REQUEST,
             ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
@@ -99,7 +125,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Blob(_) | ApiError::Frame(FrameError::Blob(_)) => "bad_blob",
-            ApiError::BadParam { .. } => "bad_param",
+            ApiError::BadParam { .. }
+            | ApiError::UnknownParam { .. }
+            | ApiError::BackwardRange { .. } => "bad_param",
             ApiError::BodyRead(_) => "bad_body",
             ApiError::Write(WriteError::QuotaFull { .. }) => "quota_full",
             ApiError::Write(WriteError::ShuttingDown) => "shutting_down",
@@ -139,6 +167,15 @@ impl ApiError {
         })
         .to_string()
     }
+}
+
+/// `a`, `b`, `c`: names as the messages show them.
+fn quoted<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl IntoResponse for ApiError {

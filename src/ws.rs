@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Origins;
 use crate::error::ApiError;
 use crate::feed::{FeedError, Seq, Start};
+use crate::http::params;
 use crate::hub::{Entry, Subscription};
 use crate::protocol::{self, ClientFrame, Follow, FrameError, Given};
 use crate::registry::ConnGuard;
@@ -113,9 +114,15 @@ fn check_origin(allowed: &Origins, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
+/// What `/wsapi/ws` takes in its query string.
+const WS_PARAMS: &[&str] = &["subscribe", "since", "last", "epoch"];
+
 /// `?subscribe`, `?since=…&epoch=…` or `?last=N` subscribe at connect time,
 /// so watching the feed with websocat takes one command.
 fn auto_subscribe(params: &HashMap<String, String>) -> Result<Option<Follow>, ApiError> {
+    // A misspelt `?subscrbe` would otherwise open a socket that never
+    // subscribes, and say nothing.
+    params::only(params, WS_PARAMS)?;
     let param = |name: &str| {
         params
             .get(name)

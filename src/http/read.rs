@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use super::answer::{chunk, json_array, json_response};
-use super::params::range_query;
+use super::params::{GET_PARAMS, only, range_query};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::RangeCursor;
@@ -23,6 +23,7 @@ pub async fn get_data(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    only(&params, GET_PARAMS)?;
     if let Some(id) = params.get("id") {
         let doc = state
             .store

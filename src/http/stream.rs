@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 
-use super::params::param_i64;
+use super::params::{STREAM_PARAMS, only, param_i64};
 use crate::error::ApiError;
 use crate::protocol::{self, Given};
 use crate::state::AppState;
@@ -26,6 +26,7 @@ pub async fn stream(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    only(&params, STREAM_PARAMS)?;
     let param = |name: &str| {
         params
             .get(name)
