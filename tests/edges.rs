@@ -4,6 +4,9 @@
 
 mod support;
 
+use std::io::{Read, Write};
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use support::{Server, http};
 use tokio_tungstenite::connect_async;
@@ -121,4 +124,121 @@ async fn a_range_whose_start_is_after_its_end_is_refused() {
         .get_json("/wsapi/interaction_data?start=5&end=5")
         .await;
     assert_eq!(one.as_array().unwrap().len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// 413 that must arrive as an answer, not a reset (item 8)
+
+/// Writes a whole request of `body_len` bytes, and only then reads the
+/// answer, as Python's http.client does; returns the status line and body.
+/// `chunked`: without a length, so the server finds out only by reading.
+fn post_all_then_read(
+    addr: std::net::SocketAddr,
+    body_len: usize,
+    chunked: bool,
+) -> Result<(String, String), String> {
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {body_len}")
+    };
+    let head = format!(
+        "POST /wsapi/interaction_data HTTP/1.1\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\n{framing}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes())
+        .map_err(|e| format!("head: {e}"))?;
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut left = body_len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        let written = |e| format!("body, {} bytes written: {e}", body_len - left);
+        if chunked {
+            tcp.write_all(format!("{n:x}\r\n").as_bytes())
+                .map_err(written)?;
+        }
+        tcp.write_all(&chunk[..n]).map_err(written)?;
+        if chunked {
+            tcp.write_all(b"\r\n").map_err(written)?;
+        }
+        left -= n;
+    }
+    if chunked {
+        tcp.write_all(b"0\r\n\r\n")
+            .map_err(|e| format!("last chunk: {e}"))?;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Up to the end of the body (Content-Length) or of the connection.
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            });
+            if len.is_some_and(|len| body.len() >= len) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or(format!("no answer: {text:?}"))?;
+    Ok((head.lines().next().unwrap().to_string(), body.to_string()))
+}
+
+#[tokio::test]
+async fn a_client_that_writes_a_whole_oversized_body_before_reading_gets_the_413() {
+    let (server, _dir) = Server::start(&[("MAX_BODY_BYTES", "4096")]);
+    // 64 MiB, what Python's requests wrote in the report: far more than
+    // the socket buffers hold, so a server that stops reading resets it.
+    let addr = server.addr;
+    for chunked in [false, true] {
+        let (status, body) =
+            tokio::task::spawn_blocking(move || post_all_then_read(addr, 64 << 20, chunked))
+                .await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("chunked: {chunked}: {e}"));
+        assert!(status.contains(" 413 "), "chunked: {chunked}: {status}");
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["code"], "too_large");
+        assert!(body["error"].as_str().unwrap().contains("4096"), "{body}");
+    }
+    assert_eq!(server.count().await, 0);
+}
+
+#[tokio::test]
+async fn a_client_that_waits_for_100_continue_gets_the_413_without_sending_the_body() {
+    let (server, _dir) = Server::start(&[("MAX_BODY_BYTES", "4096")]);
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /wsapi/interaction_data HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            64 << 20
+        );
+        tcp.write_all(head.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tcp.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    // Reading the body would have made the server invite it first.
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
 }
