@@ -157,6 +157,19 @@ impl ApiError {
         serde_json::json!({ "error": self.to_string(), "code": self.code() })
     }
 
+    /// The last line of a `/stream` that ends on an error, after its
+    /// headers went out: `{"type":"error","code":…,"error":…}` and `\r\n`.
+    pub fn stream_line(&self) -> String {
+        let mut line = serde_json::json!({
+            "type": "error",
+            "code": self.code(),
+            "error": self.to_string(),
+        })
+        .to_string();
+        line.push_str("\r\n");
+        line
+    }
+
     /// The WebSocket answer: `{"type":"error","ref":…,"code":…,"error":…}`.
     pub fn ws_frame(&self, reference: Option<&RawValue>) -> String {
         serde_json::json!({

@@ -242,3 +242,26 @@ async fn a_client_that_waits_for_100_continue_gets_the_413_without_sending_the_b
     // Reading the body would have made the server invite it first.
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
 }
+
+// ---------------------------------------------------------------------------
+// A stream that ends says why (item 6)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_stream_ended_by_the_server_says_why_in_its_last_line() {
+    let (mut server, _dir) = Server::start(&[]);
+    let res = http()
+        .get(server.url("/wsapi/interaction_data/stream?heartbeat=100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = tokio::spawn(res.text());
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let status = tokio::task::block_in_place(|| server.signal_and_wait("TERM"));
+    assert!(status.success(), "{status}");
+    let body = body.await.unwrap().expect("the stream ends cleanly");
+    let last = body.trim_end().lines().last().unwrap_or_default();
+    let last: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(last["type"], "error", "{body:?}");
+    assert_eq!(last["code"], "shutting_down", "{body:?}");
+}
