@@ -55,6 +55,15 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// How long a close frame may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Close code for a peer that broke the framing rules (RFC 6455 §7.4.1).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
+/// Close code for a text frame that is not UTF-8 (RFC 6455 §7.4.1).
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+
+/// Room for a close frame's reason: 125 bytes of payload less the code.
+const MAX_CLOSE_REASON: usize = 123;
+
 /// Close code for a subscriber that stopped reading; the reason carries
 /// `{"since":…,"epoch":…}` to resume from.
 pub const CLOSE_TOO_SLOW: u16 = 4000;
@@ -144,6 +153,8 @@ enum End {
     Shutdown,
     /// A frame over `MAX_BODY_BYTES`.
     TooBig,
+    /// The peer broke the protocol: the close code and why.
+    Broken(u16, String),
     /// No pong for two ping intervals.
     Silent,
     /// The socket took no frames for `WS_SEND_TIMEOUT_MS`.
@@ -212,7 +223,7 @@ async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Optio
                 last_heard = Instant::now();
                 let outcome = match incoming {
                     None | Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(e)) => break if is_too_big(e) { End::TooBig } else { End::Gone },
+                    Some(Err(e)) => break read_error(e),
                     Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
                     Some(Ok(Message::Binary(_))) => {
                         let err = ApiError::from(FrameError::BadFrame("binary frames are not accepted: send JSON text frames".into()));
@@ -267,12 +278,39 @@ async fn next_changes(sub: &mut Option<Subscription>) -> Result<Vec<Arc<Entry>>,
     }
 }
 
-fn is_too_big(e: axum::Error) -> bool {
-    matches!(
-        e.into_inner()
-            .downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
-        Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
-    )
+/// How a failed read ends the connection. A peer that breaks the protocol
+/// is told which rule, with the code RFC 6455 names, rather than seeing the
+/// connection drop for no reason.
+fn read_error(e: axum::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    let e = e.into_inner();
+    match e.downcast_ref::<Error>() {
+        Some(Error::Capacity(_)) => End::TooBig,
+        Some(Error::Utf8(_)) => End::Broken(
+            CLOSE_INVALID_PAYLOAD,
+            "invalid UTF-8 in a text frame or close reason".into(),
+        ),
+        // The peer went away: there is no one to tell.
+        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => End::Gone,
+        Some(Error::Protocol(p)) => End::Broken(
+            CLOSE_PROTOCOL_ERROR,
+            close_reason(format!("protocol error: {p}")),
+        ),
+        _ => End::Gone,
+    }
+}
+
+/// `reason` cut to fit a close frame, on a character boundary.
+fn close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 /// Runs a send with a deadline; `Err` when it failed, took too long, or the
@@ -432,6 +470,10 @@ impl Conn {
         let frame = match end {
             End::Gone => return,
             End::Silent => close(1011, "no answer to pings".into()),
+            End::Broken(code, reason) => {
+                tracing::debug!(peer = %self.guard.info.peer, "closing with {code}: {reason}");
+                close(code, reason)
+            }
             End::TooBig => close(
                 1009,
                 format!(
@@ -457,8 +499,7 @@ impl Conn {
                 let epoch = self.epoch.clone();
                 let seq = self.last_sent.as_ref().map(|s| s.0.clone());
                 let reason = serde_json::json!({ "since": seq, "epoch": epoch }).to_string();
-                // A close reason has room for 123 bytes.
-                let reason = if reason.len() <= 123 {
+                let reason = if reason.len() <= MAX_CLOSE_REASON {
                     reason
                 } else {
                     "too slow: resume from the last seq you received".into()

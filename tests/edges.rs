@@ -7,9 +7,77 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{Server, http};
-use tokio_tungstenite::connect_async;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(server: &Server, path: &str) -> Ws {
+    connect_async(server.ws_url(path)).await.expect("connect").0
+}
+
+/// A client-to-server frame: `first` is FIN, RSV and opcode; masked unless
+/// `masked` is false (RFC 6455 requires a client to mask).
+fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let bit = if masked { 0x80 } else { 0 };
+    let mut frame = vec![first];
+    match payload.len() {
+        n if n < 126 => frame.push(bit | n as u8),
+        n if n <= 0xffff => {
+            frame.push(bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
+/// Writes `bytes` straight into the socket, under the client's framing.
+async fn write_raw(ws: &mut Ws, bytes: &[u8]) {
+    let MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        unreachable!("plain ws://")
+    };
+    tcp.write_all(bytes).await.unwrap();
+}
+
+/// The frames up to the server's close: texts as JSON, then the close code
+/// and reason. Panics when the connection ends without a close frame.
+async fn until_close(ws: &mut Ws) -> (Vec<Value>, u16, String) {
+    let mut texts = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s");
+        match next {
+            Some(Ok(Message::Text(text))) => texts.push(serde_json::from_str(&text).unwrap()),
+            Some(Ok(Message::Close(Some(close)))) => {
+                return (texts, u16::from(close.code), close.reason.to_string());
+            }
+            Some(Ok(Message::Close(None))) => {
+                panic!("a close frame without a code, after {texts:?}")
+            }
+            Some(Ok(_)) => {}
+            other => {
+                panic!("the connection ended without a close frame ({other:?}), after {texts:?}")
+            }
+        }
+    }
+}
 
 /// The status, then the `code` and `error` of a JSON error answer.
 async fn error_of(res: reqwest::Response) -> (u16, String, String) {
@@ -264,4 +332,73 @@ async fn a_change_stream_ended_by_the_server_says_why_in_its_last_line() {
     let last: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {body:?}"));
     assert_eq!(last["type"], "error", "{body:?}");
     assert_eq!(last["code"], "shutting_down", "{body:?}");
+}
+
+// ---------------------------------------------------------------------------
+// WebSocket protocol errors close with the code RFC 6455 names (item 5)
+
+#[tokio::test]
+async fn websocket_protocol_errors_close_with_1002_or_1007_and_a_reason() {
+    let (server, _dir) = Server::start(&[]);
+    let text = |p: &[u8]| frame(0x81, p, true);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "invalid UTF-8 text",
+            text(&[b'{', 0xc3, 0x28, b'}']),
+            1007,
+            "UTF-8",
+        ),
+        (
+            "a reserved bit",
+            frame(0x81 | 0x40, b"{}", true),
+            1002,
+            "eserved",
+        ),
+        (
+            "a reserved data opcode",
+            frame(0x83, b"{}", true),
+            1002,
+            "3",
+        ),
+        (
+            "a reserved control opcode",
+            frame(0x8b, b"", true),
+            1002,
+            "11",
+        ),
+        (
+            "an unmasked frame",
+            frame(0x81, b"{}", false),
+            1002,
+            "unmasked",
+        ),
+        (
+            "a ping of 126 bytes",
+            frame(0x89, &[0; 126], true),
+            1002,
+            "125",
+        ),
+        (
+            "an orphan continuation end",
+            frame(0x80, b"{}", true),
+            1002,
+            "ontinu",
+        ),
+    ];
+    for (what, bytes, code, needle) in cases {
+        let mut ws = connect(&server, "/wsapi/ws").await;
+        write_raw(&mut ws, &bytes).await;
+        let (texts, got, reason) = until_close(&mut ws).await;
+        assert!(texts.is_empty(), "{what}: {texts:?}");
+        assert_eq!(got, code, "{what}: {reason}");
+        assert!(reason.contains(needle), "{what}: {reason:?}");
+        assert!(reason.len() <= 123, "{what}: {reason:?}");
+    }
+    // The server is fine, and so is the next connection.
+    let mut ws = connect(&server, "/wsapi/ws").await;
+    write_raw(&mut ws, &text(br#"{"timestamp":1}"#)).await;
+    let ack = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap();
+    assert!(matches!(ack, Some(Ok(Message::Text(_)))), "{ack:?}");
 }
