@@ -84,6 +84,9 @@ pub enum ApiError {
     /// A browser page from another site tried to open a WebSocket.
     #[error("origin {0:?} may not open a WebSocket here (see ALLOWED_ORIGINS)")]
     OriginNotAllowed(String),
+    /// A request to the WebSocket route that is not a WebSocket handshake.
+    #[error("not a WebSocket handshake: {0}")]
+    NotWebSocket(&'static str),
     /// `MAX_CONNECTIONS` WebSockets are already open.
     #[error(
         "too many WebSocket connections: all {0} allowed (MAX_CONNECTIONS) are in use, try again later"
@@ -100,6 +103,7 @@ impl ApiError {
             | ApiError::UnknownParam { .. }
             | ApiError::BackwardRange { .. }
             | ApiError::BodyRead(_)
+            | ApiError::NotWebSocket(_)
             | ApiError::Frame(_) => StatusCode::BAD_REQUEST,
             ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -148,6 +152,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::SmashDisabled => "smash_disabled",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::TooManyConnections(_) => "too_many_connections",
         }
     }

@@ -7,6 +7,9 @@
 //! the hub only when the socket has taken the previous batch, so a slow
 //! reader falls behind in the hub (and is caught up from the store), never
 //! in our memory.
+//!
+//! The upgrade is taken by hand rather than through axum's WebSocket, so
+//! that this module owns the connection's bytes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,16 +18,23 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Origins;
@@ -78,7 +88,7 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    handshake: Handshake,
 ) -> Result<Response, ApiError> {
     check_origin(&state.config.allowed_origins, &headers)?;
     let auto = auto_subscribe(&params)?;
@@ -87,13 +97,86 @@ async fn upgrade(
         .admit(peer)
         .ok_or_else(|| ApiError::TooManyConnections(state.registry.max()))?;
     let max = state.config.max_body_bytes;
-    let tracker = state.tracker.clone();
-    Ok(ws
-        .max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| tracker.track_future(serve(socket, state, guard, auto))))
+        .write_buffer_size(WRITE_BUFFER);
+    let Handshake { key, on_upgrade } = handshake;
+    state.tracker.clone().spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(%peer, "a WebSocket upgrade did not complete: {e}");
+                return;
+            }
+        };
+        let io = TokioIo::new(upgraded);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        serve(socket, state, guard, auto).await;
+    });
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .expect("base64 is a header value");
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("a valid response"))
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.2.1): the client's key, and
+/// the connection, once hyper hands it over after our 101.
+struct Handshake {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let has_token = |name: HeaderName, token: &str| {
+            parts.headers.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+        if !has_token(header::UPGRADE, "websocket") {
+            return Err(ApiError::NotWebSocket(
+                "the `Upgrade` header must name `websocket`",
+            ));
+        }
+        if !has_token(header::CONNECTION, "upgrade") {
+            return Err(ApiError::NotWebSocket(
+                "the `Connection` header must include `upgrade`",
+            ));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(ApiError::NotWebSocket(
+                "the `Sec-WebSocket-Version` header must be 13",
+            ));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(ApiError::NotWebSocket(
+                "the `Sec-WebSocket-Key` header is missing",
+            ))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(ApiError::NotWebSocket(
+                "this connection cannot be upgraded: open the WebSocket over HTTP/1.1",
+            ))?;
+        Ok(Handshake { key, on_upgrade })
+    }
 }
 
 /// Refuses browser pages from other sites (cross-site WebSocket hijacking).
@@ -147,8 +230,10 @@ fn auto_subscribe(params: &HashMap<String, String>) -> Result<Option<Follow>, Ap
 
 /// Why a connection ended.
 enum End {
-    /// The peer closed or went away.
+    /// The peer went away.
     Gone,
+    /// The peer closed; our answer to its Close is queued.
+    Closed,
     /// The server is stopping.
     Shutdown,
     /// A frame over `MAX_BODY_BYTES`.
@@ -161,7 +246,8 @@ enum End {
     TooSlow,
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Sink = SplitSink<Socket, Message>;
 
 /// One connection's state.
 struct Conn {
@@ -178,7 +264,7 @@ struct Conn {
     pending_bytes: usize,
 }
 
-async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Option<Follow>) {
+async fn serve(socket: Socket, state: AppState, guard: ConnGuard, auto: Option<Follow>) {
     let (sink, mut stream) = socket.split();
     let send_timeout = state.config.ws_send_timeout;
     let ping_every = state.config.ws_ping_interval;
@@ -222,14 +308,15 @@ async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Optio
             incoming = stream.next(), if can_read => {
                 last_heard = Instant::now();
                 let outcome = match incoming {
-                    None | Some(Ok(Message::Close(_))) => break End::Gone,
+                    None => break End::Gone,
+                    Some(Ok(Message::Close(_))) => break End::Closed,
                     Some(Err(e)) => break read_error(e),
                     Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
                     Some(Ok(Message::Binary(_))) => {
                         let err = ApiError::from(FrameError::BadFrame("binary frames are not accepted: send JSON text frames".into()));
                         conn.send_text(err.ws_frame(None), send_timeout).await
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
                 };
                 if outcome.is_err() {
                     break End::TooSlow;
@@ -281,19 +368,18 @@ async fn next_changes(sub: &mut Option<Subscription>) -> Result<Vec<Arc<Entry>>,
 /// How a failed read ends the connection. A peer that breaks the protocol
 /// is told which rule, with the code RFC 6455 names, rather than seeing the
 /// connection drop for no reason.
-fn read_error(e: axum::Error) -> End {
+fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
     use tokio_tungstenite::tungstenite::Error;
     use tokio_tungstenite::tungstenite::error::ProtocolError;
-    let e = e.into_inner();
-    match e.downcast_ref::<Error>() {
-        Some(Error::Capacity(_)) => End::TooBig,
-        Some(Error::Utf8(_)) => End::Broken(
+    match e {
+        Error::Capacity(_) => End::TooBig,
+        Error::Utf8(_) => End::Broken(
             CLOSE_INVALID_PAYLOAD,
             "invalid UTF-8 in a text frame or close reason".into(),
         ),
         // The peer went away: there is no one to tell.
-        Some(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => End::Gone,
-        Some(Error::Protocol(p)) => End::Broken(
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
+        Error::Protocol(p) => End::Broken(
             CLOSE_PROTOCOL_ERROR,
             close_reason(format!("protocol error: {p}")),
         ),
@@ -460,15 +546,21 @@ impl Conn {
     }
 
     /// Says goodbye the way `end` calls for.
-    async fn finish(mut self, end: End, mut stream: SplitStream<WebSocket>) {
+    async fn finish(mut self, end: End, mut stream: SplitStream<Socket>) {
         let close = |code: u16, reason: String| {
             Message::Close(Some(CloseFrame {
-                code,
+                code: code.into(),
                 reason: reason.into(),
             }))
         };
         let frame = match end {
             End::Gone => return,
+            End::Closed => {
+                // Send the answer tungstenite queued for the client's Close,
+                // completing the handshake; then the socket may go.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.flush()).await;
+                return;
+            }
             End::Silent => close(1011, "no answer to pings".into()),
             End::Broken(code, reason) => {
                 tracing::debug!(peer = %self.guard.info.peer, "closing with {code}: {reason}");

@@ -402,3 +402,68 @@ async fn websocket_protocol_errors_close_with_1002_or_1007_and_a_reason() {
         .unwrap();
     assert!(matches!(ack, Some(Ok(Message::Text(_)))), "{ack:?}");
 }
+
+// ---------------------------------------------------------------------------
+// The WebSocket handshake, taken by hand
+
+/// Sends a raw upgrade request with `headers`; the status line and the
+/// headers of the answer.
+async fn raw_upgrade(server: &Server, headers: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /wsapi/ws HTTP/1.1\r\nHost: {}\r\n{headers}\r\n",
+        server.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn the_websocket_handshake_is_checked_and_says_what_is_missing() {
+    let (server, _dir) = Server::start(&[]);
+    // A browser's form of the headers, and the key of RFC 6455's example.
+    let answer = raw_upgrade(
+        &server,
+        "Connection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+    assert!(
+        answer.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{answer}"
+    );
+    for (headers, needle) in [
+        ("", "`Upgrade`"),
+        (
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 8\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "`Sec-WebSocket-Version`",
+        ),
+        (
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+            "`Sec-WebSocket-Key`",
+        ),
+    ] {
+        let answer = raw_upgrade(&server, headers).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("not_websocket"), "{answer}");
+        assert!(answer.contains(needle), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_clients_close_is_answered_with_its_code() {
+    let (server, _dir) = Server::start(&[]);
+    let mut ws = connect(&server, "/wsapi/ws").await;
+    write_raw(&mut ws, &frame(0x88, &1000u16.to_be_bytes(), true)).await;
+    let (texts, code, _) = until_close(&mut ws).await;
+    assert!(texts.is_empty(), "{texts:?}");
+    assert_eq!(code, 1000);
+}
