@@ -9,7 +9,10 @@
 //! in our memory.
 //!
 //! The upgrade is taken by hand rather than through axum's WebSocket, so
-//! that this module owns the connection's bytes.
+//! the connection's bytes pass through a [`close_gate`]: a client's Close
+//! waits there until the pushes read before it are answered.
+
+mod close_gate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,6 +39,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+
+use close_gate::{Gate, GatedIo};
 
 use crate::config::Origins;
 use crate::error::ApiError;
@@ -64,6 +69,11 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 
 /// How long a close frame may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a client's Close waits for the answers of the pushes read
+/// before it; as long as shutdown waits, for the same reason: a store
+/// slower than that is in trouble, and the client is waiting to be done.
+const CLOSE_DRAIN: Duration = SHUTDOWN_DRAIN;
 
 /// Close code for a peer that broke the framing rules (RFC 6455 §7.4.1).
 pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
@@ -111,9 +121,10 @@ async fn upgrade(
                 return;
             }
         };
-        let io = TokioIo::new(upgraded);
+        let gate = Arc::new(Gate::default());
+        let io = GatedIo::new(TokioIo::new(upgraded), gate.clone(), CLOSE_DRAIN);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        serve(socket, state, guard, auto).await;
+        serve(socket, gate, state, guard, auto).await;
     });
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .expect("base64 is a header value");
@@ -246,7 +257,7 @@ enum End {
     TooSlow,
 }
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<GatedIo<TokioIo<Upgraded>>>;
 type Sink = SplitSink<Socket, Message>;
 
 /// One connection's state.
@@ -262,9 +273,17 @@ struct Conn {
     /// Answers of pushes waiting for the store, with their sizes.
     pending: FuturesUnordered<BoxFuture<'static, (String, usize)>>,
     pending_bytes: usize,
+    /// Keeps the client's Close from tungstenite while answers are owed.
+    gate: Arc<Gate>,
 }
 
-async fn serve(socket: Socket, state: AppState, guard: ConnGuard, auto: Option<Follow>) {
+async fn serve(
+    socket: Socket,
+    gate: Arc<Gate>,
+    state: AppState,
+    guard: ConnGuard,
+    auto: Option<Follow>,
+) {
     let (sink, mut stream) = socket.split();
     let send_timeout = state.config.ws_send_timeout;
     let ping_every = state.config.ws_ping_interval;
@@ -278,6 +297,7 @@ async fn serve(socket: Socket, state: AppState, guard: ConnGuard, auto: Option<F
         last_sent: None,
         pending: FuturesUnordered::new(),
         pending_bytes: 0,
+        gate,
     };
     if let Some(follow) = auto
         && conn.subscribe(None, follow).await.is_err()
@@ -290,6 +310,8 @@ async fn serve(socket: Socket, state: AppState, guard: ConnGuard, auto: Option<F
     let end = loop {
         let can_read =
             conn.pending.len() < MAX_INFLIGHT_PUSHES && conn.pending_bytes < MAX_INFLIGHT_BYTES;
+        // A Close read now would leave these pushes unanswered: it waits.
+        conn.gate.hold(!conn.pending.is_empty());
         tokio::select! {
             _ = shutdown.cancelled() => break End::Shutdown,
             Some((answer, bytes)) = conn.pending.next(), if !conn.pending.is_empty() => {
@@ -556,6 +578,13 @@ impl Conn {
         let frame = match end {
             End::Gone => return,
             End::Closed => {
+                if !self.pending.is_empty() {
+                    tracing::info!(
+                        peer = %self.guard.info.peer,
+                        "{} pushes still unanswered {CLOSE_DRAIN:?} after the client's close",
+                        self.pending.len()
+                    );
+                }
                 // Send the answer tungstenite queued for the client's Close,
                 // completing the handshake; then the socket may go.
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.flush()).await;
@@ -601,6 +630,8 @@ impl Conn {
                 close(CLOSE_TOO_SLOW, reason)
             }
         };
+        // Answered or given up: the peer's Close, our answer, may pass.
+        self.gate.hold(false);
         let closing = async {
             if self.sink.send(frame).await.is_err() {
                 return;

@@ -404,6 +404,34 @@ async fn websocket_protocol_errors_close_with_1002_or_1007_and_a_reason() {
 }
 
 // ---------------------------------------------------------------------------
+// Pushes read before a client's close are all answered (item 4)
+
+#[tokio::test]
+async fn pushes_read_before_a_close_are_all_answered_before_the_close_completes() {
+    let (server, _dir) = Server::start(&[]);
+    for round in 0..3 {
+        let mut ws = connect(&server, "/wsapi/ws").await;
+        // What `printf … | websocat` does: three lines, one frame each, then
+        // its close at end of input, all in one go.
+        let mut bytes = Vec::new();
+        for t in 11..=13 {
+            bytes.extend(frame(
+                0x81,
+                format!("{{\"timestamp\":{t}}}\n").as_bytes(),
+                true,
+            ));
+        }
+        bytes.extend(frame(0x88, &1000u16.to_be_bytes(), true));
+        write_raw(&mut ws, &bytes).await;
+        let (answers, code, reason) = until_close(&mut ws).await;
+        let kinds: Vec<&Value> = answers.iter().map(|a| &a["type"]).collect();
+        assert_eq!(kinds, ["ack", "ack", "ack"], "round {round}: {answers:?}");
+        assert_eq!(code, 1000, "round {round}: the close echoed ({reason})");
+    }
+    assert_eq!(server.count().await, 9);
+}
+
+// ---------------------------------------------------------------------------
 // The WebSocket handshake, taken by hand
 
 /// Sends a raw upgrade request with `headers`; the status line and the
