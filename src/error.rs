@@ -39,6 +39,30 @@ pub enum ApiError {
         /// What it accepts.
         expected: &'static str,
     },
+    /// Query parameters the route does not take: a misspelt name would
+    /// otherwise be ignored, and the answer look right.
+    #[error(
+        "unknown query parameter{} {}: this route takes {}",
+        if .names.len() > 1 { "s" } else { "" },
+        quoted(.names),
+        quoted(.accepted)
+    )]
+    UnknownParam {
+        /// The names not taken, in order.
+        names: Vec<String>,
+        /// The names the route takes.
+        accepted: &'static [&'static str],
+    },
+    /// A range that can hold nothing because its bounds are swapped.
+    #[error(
+        "`start` ({start}) is after `end` ({end}): they are the smallest and the greatest timestamp, both inclusive, whatever the order asked for"
+    )]
+    BackwardRange {
+        /// The `start` sent.
+        start: i64,
+        /// The `end` sent.
+        end: i64,
+    },
     /// The body is over `MAX_BODY_BYTES`.
     #[error("the body is larger than the limit of {limit} bytes (MAX_BODY_BYTES)")]
     TooLarge {
@@ -60,6 +84,9 @@ pub enum ApiError {
     /// A browser page from another site tried to open a WebSocket.
     #[error("origin {0:?} may not open a WebSocket here (see ALLOWED_ORIGINS)")]
     OriginNotAllowed(String),
+    /// A request to the WebSocket route that is not a WebSocket handshake.
+    #[error("not a WebSocket handshake: {0}")]
+    NotWebSocket(&'static str),
     /// `MAX_CONNECTIONS` WebSockets are already open.
     #[error(
         "too many WebSocket connections: all {0} allowed (MAX_CONNECTIONS) are in use, try again later"
@@ -73,7 +100,10 @@ impl ApiError {
         match self {
             ApiError::Blob(_)
             | ApiError::BadParam { .. }
+            | ApiError::UnknownParam { .. }
+            | ApiError::BackwardRange { .. }
             | ApiError::BodyRead(_)
+            | ApiError::NotWebSocket(_)
             | ApiError::Frame(_) => StatusCode::BAD_REQUEST,
             ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyConnections(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,7 +130,9 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Blob(_) | ApiError::Frame(FrameError::Blob(_)) => "bad_blob",
-            ApiError::BadParam { .. } => "bad_param",
+            ApiError::BadParam { .. }
+            | ApiError::UnknownParam { .. }
+            | ApiError::BackwardRange { .. } => "bad_param",
             ApiError::BodyRead(_) => "bad_body",
             ApiError::Write(WriteError::QuotaFull { .. }) => "quota_full",
             ApiError::Write(WriteError::ShuttingDown) => "shutting_down",
@@ -122,6 +154,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::SmashDisabled => "smash_disabled",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::NotWebSocket(_) => "not_websocket",
             ApiError::TooManyConnections(_) => "too_many_connections",
         }
     }
@@ -129,6 +162,19 @@ impl ApiError {
     /// The JSON body: `{"error": message, "code": name}`.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({ "error": self.to_string(), "code": self.code() })
+    }
+
+    /// The last line of a `/stream` that ends on an error, after its
+    /// headers went out: `{"type":"error","code":…,"error":…}` and `\r\n`.
+    pub fn stream_line(&self) -> String {
+        let mut line = serde_json::json!({
+            "type": "error",
+            "code": self.code(),
+            "error": self.to_string(),
+        })
+        .to_string();
+        line.push_str("\r\n");
+        line
     }
 
     /// The WebSocket answer: `{"type":"error","ref":…,"code":…,"error":…}`.
@@ -141,6 +187,15 @@ impl ApiError {
         })
         .to_string()
     }
+}
+
+/// `a`, `b`, `c`: names as the messages show them.
+fn quoted<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{}`", n.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl IntoResponse for ApiError {

@@ -7,6 +7,12 @@
 //! the hub only when the socket has taken the previous batch, so a slow
 //! reader falls behind in the hub (and is caught up from the store), never
 //! in our memory.
+//!
+//! The upgrade is taken by hand rather than through axum's WebSocket, so
+//! the connection's bytes pass through a [`close_gate`]: a client's Close
+//! waits there until the pushes read before it are answered.
+
+mod close_gate;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,21 +21,31 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+
+use close_gate::{Gate, GatedIo};
 
 use crate::config::Origins;
 use crate::error::ApiError;
 use crate::feed::{FeedError, Seq, Start};
+use crate::http::params;
 use crate::hub::{Entry, Subscription};
 use crate::protocol::{self, ClientFrame, Follow, FrameError, Given};
 use crate::registry::ConnGuard;
@@ -54,6 +70,20 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(3);
 /// How long a close frame may take to leave.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a client's Close waits for the answers of the pushes read
+/// before it; as long as shutdown waits, for the same reason: a store
+/// slower than that is in trouble, and the client is waiting to be done.
+const CLOSE_DRAIN: Duration = SHUTDOWN_DRAIN;
+
+/// Close code for a peer that broke the framing rules (RFC 6455 §7.4.1).
+pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
+
+/// Close code for a text frame that is not UTF-8 (RFC 6455 §7.4.1).
+pub const CLOSE_INVALID_PAYLOAD: u16 = 1007;
+
+/// Room for a close frame's reason: 125 bytes of payload less the code.
+const MAX_CLOSE_REASON: usize = 123;
+
 /// Close code for a subscriber that stopped reading; the reason carries
 /// `{"since":…,"epoch":…}` to resume from.
 pub const CLOSE_TOO_SLOW: u16 = 4000;
@@ -68,7 +98,7 @@ async fn upgrade(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    handshake: Handshake,
 ) -> Result<Response, ApiError> {
     check_origin(&state.config.allowed_origins, &headers)?;
     let auto = auto_subscribe(&params)?;
@@ -77,13 +107,87 @@ async fn upgrade(
         .admit(peer)
         .ok_or_else(|| ApiError::TooManyConnections(state.registry.max()))?;
     let max = state.config.max_body_bytes;
-    let tracker = state.tracker.clone();
-    Ok(ws
-        .max_message_size(max)
-        .max_frame_size(max)
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| tracker.track_future(serve(socket, state, guard, auto))))
+        .write_buffer_size(WRITE_BUFFER);
+    let Handshake { key, on_upgrade } = handshake;
+    state.tracker.clone().spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(%peer, "a WebSocket upgrade did not complete: {e}");
+                return;
+            }
+        };
+        let gate = Arc::new(Gate::default());
+        let io = GatedIo::new(TokioIo::new(upgraded), gate.clone(), CLOSE_DRAIN);
+        let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        serve(socket, gate, state, guard, auto).await;
+    });
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .expect("base64 is a header value");
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("a valid response"))
+}
+
+/// A WebSocket opening handshake (RFC 6455 §4.2.1): the client's key, and
+/// the connection, once hyper hands it over after our 101.
+struct Handshake {
+    key: HeaderValue,
+    on_upgrade: OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Handshake {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let has_token = |name: HeaderName, token: &str| {
+            parts.headers.get_all(name).iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            })
+        };
+        if !has_token(header::UPGRADE, "websocket") {
+            return Err(ApiError::NotWebSocket(
+                "the `Upgrade` header must name `websocket`",
+            ));
+        }
+        if !has_token(header::CONNECTION, "upgrade") {
+            return Err(ApiError::NotWebSocket(
+                "the `Connection` header must include `upgrade`",
+            ));
+        }
+        if parts
+            .headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_none_or(|v| v.as_bytes() != b"13")
+        {
+            return Err(ApiError::NotWebSocket(
+                "the `Sec-WebSocket-Version` header must be 13",
+            ));
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(ApiError::NotWebSocket(
+                "the `Sec-WebSocket-Key` header is missing",
+            ))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(ApiError::NotWebSocket(
+                "this connection cannot be upgraded: open the WebSocket over HTTP/1.1",
+            ))?;
+        Ok(Handshake { key, on_upgrade })
+    }
 }
 
 /// Refuses browser pages from other sites (cross-site WebSocket hijacking).
@@ -113,9 +217,15 @@ fn check_origin(allowed: &Origins, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
+/// What `/wsapi/ws` takes in its query string.
+const WS_PARAMS: &[&str] = &["subscribe", "since", "last", "epoch"];
+
 /// `?subscribe`, `?since=…&epoch=…` or `?last=N` subscribe at connect time,
 /// so watching the feed with websocat takes one command.
 fn auto_subscribe(params: &HashMap<String, String>) -> Result<Option<Follow>, ApiError> {
+    // A misspelt `?subscrbe` would otherwise open a socket that never
+    // subscribes, and say nothing.
+    params::only(params, WS_PARAMS)?;
     let param = |name: &str| {
         params
             .get(name)
@@ -131,19 +241,24 @@ fn auto_subscribe(params: &HashMap<String, String>) -> Result<Option<Follow>, Ap
 
 /// Why a connection ended.
 enum End {
-    /// The peer closed or went away.
+    /// The peer went away.
     Gone,
+    /// The peer closed; our answer to its Close is queued.
+    Closed,
     /// The server is stopping.
     Shutdown,
     /// A frame over `MAX_BODY_BYTES`.
     TooBig,
+    /// The peer broke the protocol: the close code and why.
+    Broken(u16, String),
     /// No pong for two ping intervals.
     Silent,
     /// The socket took no frames for `WS_SEND_TIMEOUT_MS`.
     TooSlow,
 }
 
-type Sink = SplitSink<WebSocket, Message>;
+type Socket = WebSocketStream<GatedIo<TokioIo<Upgraded>>>;
+type Sink = SplitSink<Socket, Message>;
 
 /// One connection's state.
 struct Conn {
@@ -158,9 +273,17 @@ struct Conn {
     /// Answers of pushes waiting for the store, with their sizes.
     pending: FuturesUnordered<BoxFuture<'static, (String, usize)>>,
     pending_bytes: usize,
+    /// Keeps the client's Close from tungstenite while answers are owed.
+    gate: Arc<Gate>,
 }
 
-async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Option<Follow>) {
+async fn serve(
+    socket: Socket,
+    gate: Arc<Gate>,
+    state: AppState,
+    guard: ConnGuard,
+    auto: Option<Follow>,
+) {
     let (sink, mut stream) = socket.split();
     let send_timeout = state.config.ws_send_timeout;
     let ping_every = state.config.ws_ping_interval;
@@ -174,6 +297,7 @@ async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Optio
         last_sent: None,
         pending: FuturesUnordered::new(),
         pending_bytes: 0,
+        gate,
     };
     if let Some(follow) = auto
         && conn.subscribe(None, follow).await.is_err()
@@ -186,6 +310,8 @@ async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Optio
     let end = loop {
         let can_read =
             conn.pending.len() < MAX_INFLIGHT_PUSHES && conn.pending_bytes < MAX_INFLIGHT_BYTES;
+        // A Close read now would leave these pushes unanswered: it waits.
+        conn.gate.hold(!conn.pending.is_empty());
         tokio::select! {
             _ = shutdown.cancelled() => break End::Shutdown,
             Some((answer, bytes)) = conn.pending.next(), if !conn.pending.is_empty() => {
@@ -204,14 +330,15 @@ async fn serve(socket: WebSocket, state: AppState, guard: ConnGuard, auto: Optio
             incoming = stream.next(), if can_read => {
                 last_heard = Instant::now();
                 let outcome = match incoming {
-                    None | Some(Ok(Message::Close(_))) => break End::Gone,
-                    Some(Err(e)) => break if is_too_big(e) { End::TooBig } else { End::Gone },
+                    None => break End::Gone,
+                    Some(Ok(Message::Close(_))) => break End::Closed,
+                    Some(Err(e)) => break read_error(e),
                     Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
                     Some(Ok(Message::Binary(_))) => {
                         let err = ApiError::from(FrameError::BadFrame("binary frames are not accepted: send JSON text frames".into()));
                         conn.send_text(err.ws_frame(None), send_timeout).await
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
                 };
                 if outcome.is_err() {
                     break End::TooSlow;
@@ -260,12 +387,38 @@ async fn next_changes(sub: &mut Option<Subscription>) -> Result<Vec<Arc<Entry>>,
     }
 }
 
-fn is_too_big(e: axum::Error) -> bool {
-    matches!(
-        e.into_inner()
-            .downcast_ref::<tokio_tungstenite::tungstenite::Error>(),
-        Some(tokio_tungstenite::tungstenite::Error::Capacity(_))
-    )
+/// How a failed read ends the connection. A peer that breaks the protocol
+/// is told which rule, with the code RFC 6455 names, rather than seeing the
+/// connection drop for no reason.
+fn read_error(e: tokio_tungstenite::tungstenite::Error) -> End {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    match e {
+        Error::Capacity(_) => End::TooBig,
+        Error::Utf8(_) => End::Broken(
+            CLOSE_INVALID_PAYLOAD,
+            "invalid UTF-8 in a text frame or close reason".into(),
+        ),
+        // The peer went away: there is no one to tell.
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Gone,
+        Error::Protocol(p) => End::Broken(
+            CLOSE_PROTOCOL_ERROR,
+            close_reason(format!("protocol error: {p}")),
+        ),
+        _ => End::Gone,
+    }
+}
+
+/// `reason` cut to fit a close frame, on a character boundary.
+fn close_reason(mut reason: String) -> String {
+    if reason.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    reason
 }
 
 /// Runs a send with a deadline; `Err` when it failed, took too long, or the
@@ -415,16 +568,33 @@ impl Conn {
     }
 
     /// Says goodbye the way `end` calls for.
-    async fn finish(mut self, end: End, mut stream: SplitStream<WebSocket>) {
+    async fn finish(mut self, end: End, mut stream: SplitStream<Socket>) {
         let close = |code: u16, reason: String| {
             Message::Close(Some(CloseFrame {
-                code,
+                code: code.into(),
                 reason: reason.into(),
             }))
         };
         let frame = match end {
             End::Gone => return,
+            End::Closed => {
+                if !self.pending.is_empty() {
+                    tracing::info!(
+                        peer = %self.guard.info.peer,
+                        "{} pushes still unanswered {CLOSE_DRAIN:?} after the client's close",
+                        self.pending.len()
+                    );
+                }
+                // Send the answer tungstenite queued for the client's Close,
+                // completing the handshake; then the socket may go.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.sink.flush()).await;
+                return;
+            }
             End::Silent => close(1011, "no answer to pings".into()),
+            End::Broken(code, reason) => {
+                tracing::debug!(peer = %self.guard.info.peer, "closing with {code}: {reason}");
+                close(code, reason)
+            }
             End::TooBig => close(
                 1009,
                 format!(
@@ -450,8 +620,7 @@ impl Conn {
                 let epoch = self.epoch.clone();
                 let seq = self.last_sent.as_ref().map(|s| s.0.clone());
                 let reason = serde_json::json!({ "since": seq, "epoch": epoch }).to_string();
-                // A close reason has room for 123 bytes.
-                let reason = if reason.len() <= 123 {
+                let reason = if reason.len() <= MAX_CLOSE_REASON {
                     reason
                 } else {
                     "too slow: resume from the last seq you received".into()
@@ -461,6 +630,8 @@ impl Conn {
                 close(CLOSE_TOO_SLOW, reason)
             }
         };
+        // Answered or given up: the peer's Close, our answer, may pass.
+        self.gate.hold(false);
         let closing = async {
             if self.sink.send(frame).await.is_err() {
                 return;

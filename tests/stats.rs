@@ -199,6 +199,7 @@ async fn a_window_left_open_spans_the_stored_blobs_and_bad_windows_are_refused()
     );
     for (query, needle) in [
         ("?bucket=1w", "bucket"),
+        ("?strat=1", "strat"),
         ("?start=10&end=5", "start"),
         (
             &format!("?start=0&end={}&bucket=1s", DAY) as &str,

@@ -2,7 +2,7 @@
 //! one file per route family, over the shared [`answer`] and [`params`].
 
 mod answer;
-mod params;
+pub(crate) mod params;
 mod read;
 mod smash;
 mod stats;

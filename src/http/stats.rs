@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 
 use super::answer::json_response;
-use super::params::param_i64;
+use super::params::{STATS_PARAMS, only, param_i64};
 use crate::error::ApiError;
 use crate::rollup::window::parse_bucket;
 use crate::state::AppState;
@@ -23,6 +23,7 @@ pub async fn stats(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    only(&params, STATS_PARAMS)?;
     let start_ms = param_i64(&params, "start")?;
     let end_ms = param_i64(&params, "end")?;
     if let (Some(s), Some(e)) = (start_ms, end_ms)
@@ -49,7 +50,11 @@ pub async fn stats(
 }
 
 /// The live rollup as a never-ending response: one JSON frame per line.
-pub async fn stream(State(state): State<AppState>) -> Response {
+pub async fn stream(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    only(&params, &[])?;
     let frames = state.hub.watch_stats();
     let shutdown = state.shutdown.clone();
     let lines = futures::stream::unfold(frames, move |mut frames| {
@@ -70,12 +75,12 @@ pub async fn stream(State(state): State<AppState>) -> Response {
             }
         }
     });
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
             (header::CACHE_CONTROL, "no-cache"),
         ],
         Body::from_stream(lines),
     )
-        .into_response()
+        .into_response())
 }
