@@ -51,6 +51,7 @@ mod recent_ids;
 mod registry;
 mod rollup;
 pub mod sample;
+mod sampler;
 mod server;
 mod state;
 mod store;

@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 
 use crate::blob::{self, Blob, BlobError};
 use crate::feed::{Change, Seq, Start};
+use crate::sampler::MAX_SAMPLE;
 
 /// Most blobs a `last` replay may ask for.
 pub const MAX_REPLAY: u64 = 10_000;
@@ -73,6 +74,8 @@ pub struct Follow {
     pub start: Start,
     /// The epoch `since` belongs to, when given.
     pub epoch: Option<String>,
+    /// At most this many change frames a second (a sample), when given.
+    pub sample: Option<u32>,
 }
 
 /// How `since`, `last` and `epoch` arrived: a query string gives text, a
@@ -109,8 +112,10 @@ pub fn follow(
     since: Option<Given<'_>>,
     last: Option<Given<'_>>,
     epoch: Option<Given<'_>>,
+    sample: Option<Given<'_>>,
 ) -> Result<Follow, FrameError> {
     let epoch = epoch.map(read_epoch).transpose()?;
+    let sample = sample.map(read_sample).transpose()?;
     let start = match (since, last) {
         (Some(_), Some(_)) => {
             return Err(FrameError::BadFrame(
@@ -121,7 +126,24 @@ pub fn follow(
         (None, Some(last)) => Start::Last(read_last(last)?),
         (None, None) => Start::Now,
     };
-    Ok(Follow { start, epoch })
+    Ok(Follow {
+        start,
+        epoch,
+        sample,
+    })
+}
+
+fn read_sample(given: Given<'_>) -> Result<u32, FrameError> {
+    given
+        .json_text()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=MAX_SAMPLE).contains(n))
+        .ok_or_else(|| FrameError::BadParam {
+            name: "sample",
+            value: given.shown(),
+            expected: "a number of changes a second, 1 to 10000",
+        })
 }
 
 /// A seq is a whole number or a string; anything else (lists nested past
@@ -195,6 +217,30 @@ pub enum ClientFrame<'a> {
         /// Echoed in the answer.
         reference: Option<&'a RawValue>,
     },
+    /// Follow the node's live KPIs: a `stats` frame a second.
+    SubscribeStats {
+        /// Echoed in the answer.
+        reference: Option<&'a RawValue>,
+    },
+    /// Stop following the live KPIs.
+    UnsubscribeStats {
+        /// Echoed in the answer.
+        reference: Option<&'a RawValue>,
+    },
+}
+
+/// Whether a frame's `stats` field asks for the live KPIs (`true`); any
+/// other value is a mistake worth naming.
+fn wants_stats(stats: Option<&RawValue>) -> Result<bool, FrameError> {
+    match stats.map(RawValue::get) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(FrameError::BadParam {
+            name: "stats",
+            value: other.to_string(),
+            expected: "true",
+        }),
+    }
 }
 
 /// The command fields of a frame, kept raw: a bare blob may have fields of
@@ -213,6 +259,10 @@ struct Envelope<'a> {
     epoch: Option<&'a RawValue>,
     #[serde(borrow)]
     last: Option<&'a RawValue>,
+    #[serde(borrow)]
+    sample: Option<&'a RawValue>,
+    #[serde(borrow)]
+    stats: Option<&'a RawValue>,
 }
 
 fn bad(reference: Option<&RawValue>, message: String) -> (Option<&RawValue>, FrameError) {
@@ -278,15 +328,33 @@ pub fn parse(text: &str) -> Result<ClientFrame<'_>, (Option<&RawValue>, FrameErr
             },
         }),
         Some("subscribe") => {
+            if wants_stats(envelope.stats).map_err(|e| (reference, e))? {
+                if envelope.since.is_some() || envelope.last.is_some() || envelope.sample.is_some()
+                {
+                    return Err(bad(
+                        reference,
+                        "stats and changes are separate subscriptions: send one subscribe for each"
+                            .into(),
+                    ));
+                }
+                return Ok(ClientFrame::SubscribeStats { reference });
+            }
             let follow = follow(
                 envelope.since.map(Given::Json),
                 envelope.last.map(Given::Json),
                 envelope.epoch.map(Given::Json),
+                envelope.sample.map(Given::Json),
             )
             .map_err(|e| (reference, e))?;
             Ok(ClientFrame::Subscribe { reference, follow })
         }
-        Some("unsubscribe") => Ok(ClientFrame::Unsubscribe { reference }),
+        Some("unsubscribe") => {
+            if wants_stats(envelope.stats).map_err(|e| (reference, e))? {
+                Ok(ClientFrame::UnsubscribeStats { reference })
+            } else {
+                Ok(ClientFrame::Unsubscribe { reference })
+            }
+        }
         Some(other) => Err(bad(
             reference,
             format!(
@@ -313,6 +381,16 @@ pub fn subscribed(reference: Option<&RawValue>, epoch: &str, seq: Option<&Seq>) 
         "seq": seq.map(|s| &s.0),
     })
     .to_string()
+}
+
+/// `{"type":"subscribed","ref":R,"stats":true}`: live KPI frames follow.
+pub fn subscribed_stats(reference: Option<&RawValue>) -> String {
+    serde_json::json!({ "type": "subscribed", "ref": reference, "stats": true }).to_string()
+}
+
+/// `{"type":"unsubscribed","ref":R,"stats":true}`.
+pub fn unsubscribed_stats(reference: Option<&RawValue>) -> String {
+    serde_json::json!({ "type": "unsubscribed", "ref": reference, "stats": true }).to_string()
 }
 
 /// `{"type":"unsubscribed","ref":R}`.
@@ -403,13 +481,13 @@ mod tests {
             (Given::Param("2-g1AAAA"), serde_json::json!("2-g1AAAA")),
             (Given::Param("\"2-g1AAAA\""), serde_json::json!("2-g1AAAA")),
         ] {
-            let f = follow(Some(given), None, None).unwrap();
+            let f = follow(Some(given), None, None, None).unwrap();
             assert_eq!(f.start, Start::Since(Seq(seq)), "{given:?}");
         }
         for bad in ["1.5", "[]", "{}", "null", "true", "\"\""] {
             assert!(
                 matches!(
-                    follow(Some(Given::Json(&raw(bad))), None, None),
+                    follow(Some(Given::Json(&raw(bad))), None, None, None),
                     Err(FrameError::BadSeq(_))
                 ),
                 "{bad}"
@@ -417,17 +495,21 @@ mod tests {
         }
         let seven = raw("7");
         assert_eq!(
-            follow(None, Some(Given::Json(&seven)), None).unwrap().start,
+            follow(None, Some(Given::Json(&seven)), None, None)
+                .unwrap()
+                .start,
             Start::Last(7)
         );
         assert_eq!(
-            follow(None, Some(Given::Param("7")), None).unwrap().start,
+            follow(None, Some(Given::Param("7")), None, None)
+                .unwrap()
+                .start,
             Start::Last(7)
         );
-        assert!(follow(None, Some(Given::Param("10001")), None).is_err());
-        assert!(follow(Some(Given::Param("1")), Some(Given::Param("7")), None).is_err());
+        assert!(follow(None, Some(Given::Param("10001")), None, None).is_err());
+        assert!(follow(Some(Given::Param("1")), Some(Given::Param("7")), None, None).is_err());
         assert!(
-            follow(None, None, Some(Given::Json(&seven))).is_err(),
+            follow(None, None, Some(Given::Json(&seven)), None).is_err(),
             "an epoch is a string"
         );
     }

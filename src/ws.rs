@@ -27,12 +27,14 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, SplitSink, SplitStream};
 use futures::{FutureExt, SinkExt, StreamExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -49,6 +51,7 @@ use crate::http::params;
 use crate::hub::{Entry, Subscription};
 use crate::protocol::{self, ClientFrame, Follow, FrameError, Given};
 use crate::registry::ConnGuard;
+use crate::sampler::Sampler;
 use crate::state::AppState;
 
 /// Pushes a connection may have waiting for the store; past it we stop
@@ -102,6 +105,8 @@ async fn upgrade(
 ) -> Result<Response, ApiError> {
     check_origin(&state.config.allowed_origins, &headers)?;
     let auto = auto_subscribe(&params)?;
+    // `?stats`: the live KPIs from the start, as `?subscribe` is for changes.
+    let wants_stats = params.contains_key("stats");
     let guard = state
         .registry
         .admit(peer)
@@ -124,7 +129,7 @@ async fn upgrade(
         let gate = Arc::new(Gate::default());
         let io = GatedIo::new(TokioIo::new(upgraded), gate.clone(), CLOSE_DRAIN);
         let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        serve(socket, gate, state, guard, auto).await;
+        serve(socket, gate, state, guard, auto, wants_stats).await;
     });
     let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
         .expect("base64 is a header value");
@@ -218,7 +223,7 @@ fn check_origin(allowed: &Origins, headers: &HeaderMap) -> Result<(), ApiError> 
 }
 
 /// What `/wsapi/ws` takes in its query string.
-const WS_PARAMS: &[&str] = &["subscribe", "since", "last", "epoch"];
+const WS_PARAMS: &[&str] = &["subscribe", "since", "last", "epoch", "sample", "stats"];
 
 /// `?subscribe`, `?since=…&epoch=…` or `?last=N` subscribe at connect time,
 /// so watching the feed with websocat takes one command.
@@ -232,11 +237,11 @@ fn auto_subscribe(params: &HashMap<String, String>) -> Result<Option<Follow>, Ap
             .filter(|v| !v.is_empty())
             .map(|v| Given::Param(v))
     };
-    let (since, last) = (param("since"), param("last"));
-    if since.is_none() && last.is_none() && !params.contains_key("subscribe") {
+    let (since, last, sample) = (param("since"), param("last"), param("sample"));
+    if since.is_none() && last.is_none() && sample.is_none() && !params.contains_key("subscribe") {
         return Ok(None);
     }
-    Ok(Some(protocol::follow(since, last, param("epoch"))?))
+    Ok(Some(protocol::follow(since, last, param("epoch"), sample)?))
 }
 
 /// Why a connection ended.
@@ -266,6 +271,10 @@ struct Conn {
     state: AppState,
     guard: ConnGuard,
     sub: Option<Subscription>,
+    /// The change subscription's sample budget, when it asked for one.
+    sampler: Option<Sampler>,
+    /// The live KPI frames, while the client follows them.
+    stats: Option<watch::Receiver<Option<Bytes>>>,
     /// The epoch last announced to the client.
     epoch: String,
     /// Seq of the last change handed to the socket: where to resume.
@@ -283,6 +292,7 @@ async fn serve(
     state: AppState,
     guard: ConnGuard,
     auto: Option<Follow>,
+    wants_stats: bool,
 ) {
     let (sink, mut stream) = socket.split();
     let send_timeout = state.config.ws_send_timeout;
@@ -293,6 +303,8 @@ async fn serve(
         state,
         guard,
         sub: None,
+        sampler: None,
+        stats: None,
         epoch: String::new(),
         last_sent: None,
         pending: FuturesUnordered::new(),
@@ -302,6 +314,9 @@ async fn serve(
     if let Some(follow) = auto
         && conn.subscribe(None, follow).await.is_err()
     {
+        return;
+    }
+    if wants_stats && conn.subscribe_stats(None).await.is_err() {
         return;
     }
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -360,6 +375,11 @@ async fn serve(
                     let _ = conn.send_text(ApiError::from(e).ws_frame(None), send_timeout).await;
                 }
             },
+            frame = next_stats(&mut conn.stats) => {
+                if conn.send_stats(frame, send_timeout).await.is_err() {
+                    break End::TooSlow;
+                }
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > ping_every * 2 {
                     break End::Silent;
@@ -384,6 +404,22 @@ async fn next_changes(sub: &mut Option<Subscription>) -> Result<Vec<Arc<Entry>>,
     match sub {
         Some(sub) => sub.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Waits for the next live KPI frame; never resolves while not following them.
+async fn next_stats(stats: &mut Option<watch::Receiver<Option<Bytes>>>) -> Option<Bytes> {
+    let Some(rx) = stats else {
+        return std::future::pending().await;
+    };
+    loop {
+        if rx.changed().await.is_err() {
+            // The hub is gone: the server is stopping.
+            return std::future::pending().await;
+        }
+        if let Some(frame) = rx.borrow_and_update().clone() {
+            return Some(frame);
+        }
     }
 }
 
@@ -465,6 +501,14 @@ impl Conn {
         let shutdown = self.state.shutdown.clone();
         let deadline = Instant::now() + limit;
         for entry in entries {
+            // A sampled subscription skips what is over its budget; its
+            // place in the feed still moves on.
+            if let Some(sampler) = &mut self.sampler
+                && !sampler.admit()
+            {
+                self.last_sent = Some(entry.seq.clone());
+                continue;
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             // The ring's frames are built as UTF-8 (protocol::change_frame);
             // this check is a plain scan of an ASCII-heavy buffer.
@@ -511,6 +555,15 @@ impl Conn {
                 let reference = reference.map(|r| r.to_owned());
                 self.subscribe(reference.as_deref(), follow).await
             }
+            Ok(ClientFrame::SubscribeStats { reference }) => {
+                let reference = reference.map(|r| r.to_owned());
+                self.subscribe_stats(reference.as_deref()).await
+            }
+            Ok(ClientFrame::UnsubscribeStats { reference }) => {
+                self.stats = None;
+                self.send_text(protocol::unsubscribed_stats(reference), limit)
+                    .await
+            }
             Ok(ClientFrame::Unsubscribe { reference }) => {
                 self.sub = None;
                 self.guard.info.subscribed.store(false, Ordering::Relaxed);
@@ -537,6 +590,26 @@ impl Conn {
             .await
     }
 
+    /// Follows the node's live KPIs and says so; a frame comes each second.
+    async fn subscribe_stats(&mut self, reference: Option<&RawValue>) -> Result<(), ()> {
+        self.stats = Some(self.state.hub.watch_stats());
+        let frame = protocol::subscribed_stats(reference);
+        self.send_text(frame, self.state.config.ws_send_timeout)
+            .await
+    }
+
+    /// Sends one live KPI frame (shared bytes, built once for every watcher).
+    async fn send_stats(&mut self, frame: Option<Bytes>, limit: Duration) -> Result<(), ()> {
+        let Some(frame) = frame else { return Ok(()) };
+        let text = Utf8Bytes::try_from(frame).map_err(|_| ())?;
+        timed(
+            &self.state.shutdown,
+            limit,
+            self.sink.send(Message::Text(text)),
+        )
+        .await
+    }
+
     /// Starts (or replaces) this connection's subscription and says so.
     async fn subscribe(&mut self, reference: Option<&RawValue>, follow: Follow) -> Result<(), ()> {
         let limit = self.state.config.ws_send_timeout;
@@ -557,6 +630,7 @@ impl Conn {
                 self.last_sent = seq;
                 self.epoch = sub.epoch().to_string();
                 self.sub = Some(sub);
+                self.sampler = follow.sample.map(Sampler::new);
                 self.guard.info.subscribed.store(true, Ordering::Relaxed);
                 self.send_text(frame, limit).await
             }

@@ -311,3 +311,87 @@ async fn the_rust_client_reads_a_window_and_follows_the_live_rollup() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_live_kpis_and_a_sampled_feed_over_one_websocket() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (server, _dir) = Server::start(&[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/wsapi/ws?stats"))
+        .await
+        .unwrap();
+    let mut next = async || -> Value {
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .expect("a frame")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = msg {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    };
+    let first = next().await;
+    assert_eq!(first["type"], "subscribed");
+    assert_eq!(first["stats"], true);
+    drop(next);
+    ws.send(Message::text(r#"{"type":"subscribe","ref":2,"sample":5}"#))
+        .await
+        .unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let mut changes = 0;
+    let mut kpis = None;
+    let mut posted = false;
+    let started = tokio::time::Instant::now();
+    while kpis.is_none() || started.elapsed() < Duration::from_millis(2500) {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("frames keep coming")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = msg else { continue };
+        let frame: Value = serde_json::from_str(&t).unwrap();
+        match frame["type"].as_str().unwrap() {
+            "subscribed" if !posted => {
+                posted = true;
+                let blobs: Vec<Value> = (0..50).map(|_| blob(now, 4100, "Edge", true)).collect();
+                server.store(&blobs).await;
+            }
+            "change" => changes += 1,
+            "stats" if frame["windows"]["1h"]["count"] == 50 => kpis = Some(frame),
+            _ => {}
+        }
+    }
+    let kpis = kpis.unwrap();
+    assert_eq!(
+        kpis["windows"]["5m"]["browser"]["Edge"], 50,
+        "the true count beside the sample"
+    );
+    assert!(changes >= 1, "a sample of the feed arrives");
+    assert!(
+        changes <= 15,
+        "at most 5 a second: {changes} in about 2.5 s"
+    );
+    // A bad sample is named.
+    ws.send(Message::text(r#"{"type":"subscribe","ref":3,"sample":0}"#))
+        .await
+        .unwrap();
+    loop {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        let frame: Value = serde_json::from_str(&t).unwrap();
+        if frame["type"] == "error" {
+            assert_eq!(frame["ref"], 3);
+            assert!(
+                frame["error"].as_str().unwrap().contains("sample"),
+                "{frame}"
+            );
+            break;
+        }
+    }
+}

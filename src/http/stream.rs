@@ -37,7 +37,8 @@ pub async fn stream(
             .filter(|v| !v.is_empty())
             .map(|v| Given::Param(v))
     };
-    let follow = protocol::follow(param("since"), param("last"), param("epoch"))?;
+    // A sample is for pages that cannot take a whole feed: the WebSocket's.
+    let follow = protocol::follow(param("since"), param("last"), param("epoch"), None)?;
     let heartbeat = match param_i64(&params, "heartbeat")? {
         Some(ms) if ms > 0 => Duration::from_millis(ms as u64).max(MIN_HEARTBEAT),
         Some(_) => {
