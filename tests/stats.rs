@@ -320,22 +320,18 @@ async fn the_live_kpis_and_a_sampled_feed_over_one_websocket() {
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/wsapi/ws?stats"))
         .await
         .unwrap();
-    let mut next = async || -> Value {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
-                .await
-                .expect("a frame")
-                .unwrap()
-                .unwrap();
-            if let Message::Text(t) = msg {
-                return serde_json::from_str(&t).unwrap();
-            }
+    let first = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            break serde_json::from_str::<Value>(&t).unwrap();
         }
     };
-    let first = next().await;
     assert_eq!(first["type"], "subscribed");
     assert_eq!(first["stats"], true);
-    drop(next);
     ws.send(Message::text(r#"{"type":"subscribe","ref":2,"sample":5}"#))
         .await
         .unwrap();
