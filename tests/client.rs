@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kpiggybank::client::{Client, ClientError, Follow, RangeOptions};
 use serde_json::json;
-use support::Server;
+use support::{Process, Server};
 
 async fn next_change(changes: &mut kpiggybank::client::Changes) -> kpiggybank::client::Change {
     tokio::time::timeout(Duration::from_secs(20), changes.next())
@@ -73,7 +73,7 @@ async fn save_fetch_count_and_last() {
 
 #[tokio::test]
 async fn follow_changes_survives_a_server_restart_without_gap_or_duplicate() {
-    let (mut server, dir) = Server::start(&[]);
+    let (mut server, dir) = Process::start(&[]);
     let port = server.addr.port().to_string();
     let client = Client::from_url(&server.url(""));
     client

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::couch::{CouchDb3Proxy, PASS, Pouch, env_refs};
-use support::{Server, http};
+use support::{Endpoint, Process, Server, http};
 
 /// Starts a kpiggybank node on `pouch`'s database `db`, with its own spool dir.
 fn node(env: &[(String, String)], extra: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
@@ -21,6 +21,12 @@ fn node(env: &[(String, String)], extra: &[(&str, &str)]) -> (Server, tempfile::
     (Server::start_in(dir.path(), &vars), dir)
 }
 
+/// Like [`node`], as a process, for the tests that read its logs.
+fn node_process(env: &[(String, String)]) -> (Process, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Process::start_in(dir.path(), &env_refs(env)), dir)
+}
+
 /// Collects the changes of `/stream` (from `since`, if given) in the background.
 struct Watch {
     changes: Arc<Mutex<Vec<Value>>>,
@@ -28,7 +34,7 @@ struct Watch {
 }
 
 impl Watch {
-    async fn start(server: &Server, since: Option<&str>) -> Watch {
+    async fn start(server: &Endpoint, since: Option<&str>) -> Watch {
         let url = match since {
             Some(s) => server.url(&format!(
                 "/wsapi/interaction_data/stream?heartbeat=200&since={s}"
@@ -143,7 +149,8 @@ async fn a_database_of_the_original_works_unchanged() {
     let old_ids = original_database(&pouch, "bid_kpi", 5);
     let (_, design_before) = pouch.call("GET", "/bid_kpi/_design/data", "");
 
-    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    // The process: its logs must not hold the password.
+    let (server, _dir) = node_process(&pouch.env("bid_kpi"));
     assert_eq!(
         server.get_json("/wsapi/interaction_data/count").await,
         json!(5)
@@ -225,7 +232,8 @@ async fn start_creates_the_database_and_fails_clearly_without_leaking_the_passwo
     let mut env = pouch.env("other_db");
     env.retain(|(k, _)| k != "DB_PASS");
     env.push(("DB_PASS".into(), wrong.into()));
-    let logs = Server::try_start_in(dir.path(), &env_refs(&env))
+    // The process: a start-up error, and logs that must not hold the password.
+    let logs = Process::try_start_in(dir.path(), &env_refs(&env))
         .err()
         .expect("a wrong password stops the start");
     assert!(
@@ -245,7 +253,7 @@ async fn start_creates_the_database_and_fails_clearly_without_leaking_the_passwo
     let mut env = pouch.env("x");
     env.retain(|(k, _)| k != "DB_PORT");
     env.push(("DB_PORT".into(), support::couch::free_port().to_string()));
-    let logs = Server::try_start_in(dir.path(), &env_refs(&env))
+    let logs = Process::try_start_in(dir.path(), &env_refs(&env))
         .err()
         .expect("no CouchDB stops the start");
     assert!(
@@ -297,7 +305,7 @@ async fn ranges_page_through_ties_and_two_smashes_never_share_a_blob() {
         1500
     );
 
-    let smash = |server: &Server| {
+    let smash = |server: &Endpoint| {
         http()
             .post(server.url("/wsapi/interaction_data/smash?start=100&end=449"))
             .bearer_auth("tok")
@@ -411,7 +419,8 @@ async fn couchdb_3_dialect_opaque_seqs_last_seq_and_lines_cut_short() {
 #[tokio::test]
 async fn couchdb_killed_and_restarted_under_load_loses_and_repeats_nothing() {
     let mut pouch = Pouch::start(false);
-    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    // The process: its log tells that the outage was spooled.
+    let (server, _dir) = node_process(&pouch.env("bid_kpi"));
     let server = Arc::new(server);
     let watch = Watch::start(&server, None).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -464,7 +473,8 @@ async fn couchdb_killed_and_restarted_under_load_loses_and_repeats_nothing() {
 #[tokio::test]
 async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_its_start() {
     let pouch = Pouch::start(true);
-    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    // The process: its log tells that the re-creation was noticed.
+    let (server, _dir) = node_process(&pouch.env("bid_kpi"));
     let watch = Watch::start(&server, None).await;
     let first = server.store(&json!({"timestamp": 1})).await;
     watch.wait_for(&first, Duration::from_secs(15)).await;
@@ -492,7 +502,7 @@ async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_i
 }
 
 /// POSTs a smash with the test token; the answer within 30 s.
-async fn smash(server: &Server, query: &str) -> reqwest::Response {
+async fn smash(server: &Endpoint, query: &str) -> reqwest::Response {
     let request = http()
         .post(server.url(&format!("/wsapi/interaction_data/smash{query}")))
         .bearer_auth("tok")

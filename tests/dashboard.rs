@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use support::{Server, login_blob};
+use support::{Endpoint, Process, login_blob};
 use webdriver::{Driver, Session};
 
 /// The promise of item 5: a posted blob is on the page within this.
@@ -59,7 +59,7 @@ fn target_dir() -> PathBuf {
 }
 
 /// Posts blobs over HTTP; returns their ids.
-async fn post(server: &Server, blobs: Vec<Value>) -> Vec<String> {
+async fn post(server: &Endpoint, blobs: Vec<Value>) -> Vec<String> {
     let answer = support::http()
         .post(server.url("/wsapi/interaction_data"))
         .json(&blobs)
@@ -137,7 +137,7 @@ async fn save_screenshot(page: &Session, name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_headless_chromium() {
-    let (mut server, data) = Server::start(&[]);
+    let (mut server, data) = Process::start(&[]);
     let port = server.addr.port().to_string();
     let start = now_ms();
     // Stored before the page opens: the replay must show them.
@@ -294,7 +294,7 @@ async fn dashboard_in_headless_chromium() {
          && document.getElementById('status').dataset.state !== 'live';",
     )
     .await;
-    server = Server::start_in(data.path(), &[("PORT", &port)]);
+    server = Process::start_in(data.path(), &[("PORT", &port)]);
     let after = post(&server, (7..10).map(|n| login_blob(now_ms(), n)).collect()).await;
     wait_for_rows(
         &page,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::lines::{Lines, Next};
-use support::{Server, http};
+use support::{Endpoint, Process, Server, http};
 
 /// Concurrent producers: more than the cores, so requests queue at the batcher.
 const PRODUCERS: usize = 16;
@@ -110,9 +110,9 @@ async fn produce(
 /// Runs the producers against `server` for `run_for`, then calls `stop`
 /// while they are still posting; returns what they saw.
 async fn load_then(
-    server: &mut Server,
+    server: &mut Process,
     run_for: Duration,
-    stop: impl FnOnce(&mut Server),
+    stop: impl FnOnce(&mut Process),
 ) -> Report {
     let stop_flag = Arc::new(AtomicBool::new(false));
     let stop_began = Arc::new(parking_lot::Mutex::new(None));
@@ -150,7 +150,7 @@ async fn load_then(
 }
 
 /// Every blob in the store, grouped by the request that posted it.
-async fn stored_by_request(server: &Server) -> HashMap<String, Vec<Value>> {
+async fn stored_by_request(server: &Endpoint) -> HashMap<String, Vec<Value>> {
     let res = http()
         .get(server.url("/wsapi/interaction_data"))
         .send()
@@ -170,7 +170,7 @@ async fn stored_by_request(server: &Server) -> HashMap<String, Vec<Value>> {
 
 /// Every acknowledged request is stored with exactly its ids, and every
 /// stored request is complete (all or nothing) and stored once.
-async fn check_after_restart(server: &Server, acked: &Acked) {
+async fn check_after_restart(server: &Endpoint, acked: &Acked) {
     let stored = stored_by_request(server).await;
     for (tag, ids) in acked {
         let blobs = stored
@@ -208,8 +208,9 @@ async fn check_after_restart(server: &Server, acked: &Acked) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_concurrent_load_loses_no_acknowledged_blob() {
-    let (mut server, dir) = Server::start(&[("MODE", "prod")]);
-    let report = load_then(&mut server, Duration::from_millis(1500), Server::kill9).await;
+    // The process: kill -9 is what is under test.
+    let (mut server, dir) = Process::start(&[("MODE", "prod")]);
+    let report = load_then(&mut server, Duration::from_millis(1500), Process::kill9).await;
     assert!(
         report.acked.len() >= 50,
         "the load acknowledged only {} requests",
@@ -226,7 +227,8 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_blob() {
 /// SIGTERM or SIGINT with writes in flight and a stream open: exit 0 soon,
 /// every 201 stored, the stream ended, no new connections.
 async fn graceful_stop(signal: &'static str) {
-    let (mut server, dir) = Server::start(&[("MODE", "prod")]);
+    // The process: the signal handlers and the exit status are under test.
+    let (mut server, dir) = Process::start(&[("MODE", "prod")]);
     let addr = server.addr;
     let res = http()
         .get(server.url("/wsapi/interaction_data/stream?since=0&heartbeat=200"))
@@ -301,7 +303,8 @@ async fn sigint_answers_in_flight_writes_ends_streams_and_exits_0() {
 /// acknowledged are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_is_not_held_up_by_a_stalled_stream_reader() {
-    let (mut server, dir) = Server::start(&[("MODE", "prod"), ("MAX_BODY_BYTES", "8388608")]);
+    // The process: SIGTERM and the exit status are under test.
+    let (mut server, dir) = Process::start(&[("MODE", "prod"), ("MAX_BODY_BYTES", "8388608")]);
     // Opened and never read again.
     let stalled = http()
         .get(server.url("/wsapi/interaction_data/stream"))

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::Server;
+use support::{Endpoint, Process, Server};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -15,7 +15,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(server: &Server, path: &str) -> Ws {
+async fn connect(server: &Endpoint, path: &str) -> Ws {
     connect_async(server.ws_url(path)).await.expect("connect").0
 }
 
@@ -49,13 +49,13 @@ async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
-async fn stats(server: &Server) -> Value {
+async fn stats(server: &Endpoint) -> Value {
     server.get_json("/wsapi/stats").await
 }
 
 /// Waits until the server counts `n` open WebSockets (a closed one is
 /// released by its task, a moment after the client sees the close).
-async fn wait_for_connections(server: &Server, n: u64) {
+async fn wait_for_connections(server: &Endpoint, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while stats(server).await["connections"] != n {
         assert!(
@@ -393,7 +393,8 @@ async fn a_slow_subscriber_is_caught_up_from_the_store() {
 /// A subscriber stops reading while 100,000 sign-in blobs go by; another
 /// measures latency meanwhile. Returns (catch-ups, whether it was closed).
 async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
-    let (server, _dir) = Server::start(&[("WS_SEND_TIMEOUT_MS", send_timeout_ms)]);
+    // The process: its memory is measured while the subscriber is stuck.
+    let (server, _dir) = Process::start(&[("WS_SEND_TIMEOUT_MS", send_timeout_ms)]);
     let total = 100_000u64;
     // The stuck one subscribes, then stops reading.
     let mut stuck = connect(&server, "/wsapi/ws?subscribe").await;
@@ -519,7 +520,7 @@ async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
 
 #[tokio::test]
 async fn shutdown_answers_pending_pushes_then_closes_with_1001() {
-    let (mut server, _dir) = Server::start(&[]);
+    let (mut server, _dir) = Process::start(&[]);
     let mut ws = connect(&server, "/wsapi/ws?subscribe").await;
     assert_eq!(recv(&mut ws).await["type"], "subscribed");
     for i in 0..200 {
@@ -573,7 +574,8 @@ async fn shutdown_answers_pending_pushes_then_closes_with_1001() {
 
 #[tokio::test]
 async fn a_flood_of_pushes_is_held_back_by_tcp_not_buffered() {
-    let (server, _dir) = Server::start(&[]);
+    // The process: its memory is measured during the flood.
+    let (server, _dir) = Process::start(&[]);
     let rss_before = server.rss_bytes();
     let mut flooder = connect(&server, "/wsapi/ws").await;
     // Lists of 50 sign-in blobs, written as raw pre-masked frames straight
