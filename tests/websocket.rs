@@ -520,7 +520,7 @@ async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
 
 #[tokio::test]
 async fn shutdown_answers_pending_pushes_then_closes_with_1001() {
-    let (mut server, _dir) = Process::start(&[]);
+    let (mut server, _dir) = Server::start(&[]);
     let mut ws = connect(&server, "/wsapi/ws?subscribe").await;
     assert_eq!(recv(&mut ws).await["type"], "subscribed");
     for i in 0..200 {
@@ -532,43 +532,33 @@ async fn shutdown_answers_pending_pushes_then_closes_with_1001() {
     }
     // Wait until the first ack so that the pushes are being processed.
     recv_type(&mut ws, "ack").await;
-    let pid = server.pid();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(status.success());
-    let mut acks = 1;
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text).unwrap();
-                if frame["type"] == "ack" {
-                    acks += 1;
+    // The graceful stop SIGTERM triggers (the signal itself is tested in
+    // tests/durability.rs), read through while it happens; `stop` fails the
+    // test if serve errs or does not return.
+    let read = async {
+        let mut acks = 1;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] == "ack" {
+                        acks += 1;
+                    }
                 }
+                Some(Ok(Message::Close(frame))) => break (frame, acks),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
             }
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
         }
     };
+    let ((close, acks), ()) = tokio::join!(read, server.stop());
     assert_eq!(u16::from(close.unwrap().code), 1001);
-    let exit = tokio::task::spawn_blocking(move || server.signal_and_wait_exit())
-        .await
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
     // Every push the server read was answered; every ack is stored.
-    let dir = _dir.path().to_path_buf();
-    let restarted = Server::start_in(&dir, &[]);
-    let count: u64 = restarted.count().await;
+    server.restart().await;
+    let count: u64 = server.count().await;
     assert!(count >= acks, "{count} stored, {acks} acknowledged");
 }
 
