@@ -229,7 +229,19 @@ async fn dashboard_in_headless_chromium() {
     page.execute("document.getElementById('pause').click();", json!([]))
         .await;
     let during_pause = post(&server, vec![login_blob(now_ms(), 6)]).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Paused, the page takes the change but does not draw it: wait until it
+    // has it, then for two animation frames, when a live feed draws.
+    page.wait_for(
+        "the page to receive the blob posted while paused",
+        PATIENCE,
+        "return kpiggybankDashboard.received === 7;",
+    )
+    .await;
+    page.execute(
+        "await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));",
+        json!([]),
+    )
+    .await;
     assert_eq!(rows_per_id(&page, &during_pause).await, vec![0]);
     page.execute("document.getElementById('pause').click();", json!([]))
         .await;
@@ -309,8 +321,8 @@ async fn dashboard_in_headless_chromium() {
         "return kpiggybankDashboard.state === 'live';",
     )
     .await;
-    // Give a duplicate time to show up, if one were coming.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A duplicate that came later still would be counted in `duplicates`,
+    // which is checked again after the load below.
     let all: Vec<String> = [early, live, during_pause, after].concat();
     assert_eq!(rows_per_id(&page, &all).await, vec![1; all.len()]);
     assert_eq!(count_of(&page, "#feed li").await, all.len() as u64);
@@ -395,7 +407,14 @@ async fn dashboard_in_headless_chromium() {
         "return innerWidth === 390 && document.documentElement.scrollWidth <= innerWidth;",
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The charts are redrawn for the new width a moment after the resize.
+    page.wait_for(
+        "the charts to be redrawn for a phone",
+        PATIENCE,
+        "return [...document.querySelectorAll('svg')]
+           .every(s => !s.viewBox.baseVal || s.viewBox.baseVal.width <= innerWidth);",
+    )
+    .await;
     let overflow = page
         .execute(
             "return [...document.querySelectorAll('main *, header *')]
