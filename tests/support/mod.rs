@@ -239,13 +239,13 @@ fn vars(
     vars
 }
 
-/// A serving thread.
+/// A serving thread. `Sync`, like the rest of [`Server`]: tests share one
+/// between tasks in an `Arc`.
 struct Running {
     /// Resolves `serve`'s stop future; dropping it stops the server too.
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    /// What `serve` returned, sent as the thread ends.
-    done: mpsc::Receiver<Result<(), String>>,
-    thread: JoinHandle<()>,
+    /// Returns what `serve` returned.
+    thread: JoinHandle<Result<(), String>>,
 }
 
 impl Running {
@@ -254,17 +254,17 @@ impl Running {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        match self.done.recv_timeout(STOP_TIMEOUT) {
-            Ok(served) => {
-                let _ = self.thread.join();
-                served
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while !self.thread.is_finished() {
+            if Instant::now() > deadline {
+                // Left running, detached: the test fails, the binary goes on.
+                return Err(format!(
+                    "serve did not return within {STOP_TIMEOUT:?} of the stop"
+                ));
             }
-            // Left running, detached: the test fails, the binary goes on.
-            Err(RecvTimeoutError::Timeout) => Err(format!(
-                "serve did not return within {STOP_TIMEOUT:?} of the stop"
-            )),
-            Err(RecvTimeoutError::Disconnected) => Err(panic_message(self.thread.join())),
+            std::thread::sleep(Duration::from_millis(5));
         }
+        self.thread.join().map_err(panic_message)?
     }
 }
 
@@ -275,12 +275,11 @@ fn launch(vars: HashMap<String, String>) -> Result<(Running, SocketAddr), String
     let addr = SocketAddr::new(config.host, config.port);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (started_tx, started) = mpsc::channel::<Result<SocketAddr, String>>();
-    let (done_tx, done) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name(format!("kpiggybank {addr}"))
         .spawn(move || {
-            // Two workers, as on the 2-core machines the suite runs on: the
-            // server is multi-threaded the way production is, whatever the test.
+            // Multi-threaded as in production, whatever the test's runtime;
+            // two workers, as on the 2-core machines the suite runs on.
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("kpiggybank-server")
@@ -312,43 +311,38 @@ fn launch(vars: HashMap<String, String>) -> Result<(Running, SocketAddr), String
             });
             // Tasks `serve` does not wait for (a CouchDB relay, say) end here.
             runtime.shutdown_timeout(Duration::from_secs(10));
-            let _ = done_tx.send(served);
+            served
         })
         .expect("spawn the server thread");
-    let mut running = Running {
+    let running = Running {
         stop: Some(stop),
-        done,
         thread,
     };
-    let deadline = Instant::now() + START_TIMEOUT;
-    match started.recv_timeout(deadline - Instant::now()) {
+    match started.recv_timeout(START_TIMEOUT) {
         Ok(Ok(addr)) => Ok((running, addr)),
         Ok(Err(e)) => {
-            let _ = running.stop.take();
-            let _ = running.thread.join();
+            let _ = running.stop_and_wait();
             Err(e)
         }
         Err(RecvTimeoutError::Timeout) => {
             let _ = running.stop_and_wait();
             Err(format!("not listening within {START_TIMEOUT:?}"))
         }
-        Err(RecvTimeoutError::Disconnected) => Err(panic_message(running.thread.join())),
+        Err(RecvTimeoutError::Disconnected) => Err(running
+            .stop_and_wait()
+            .err()
+            .unwrap_or_else(|| "the server thread ended before it listened".into())),
     }
 }
 
 /// What a thread that panicked said.
-fn panic_message(joined: std::thread::Result<()>) -> String {
-    match joined {
-        Ok(()) => "the server thread ended without a word".into(),
-        Err(payload) => {
-            let said = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            format!("the server thread panicked: {said}")
-        }
-    }
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let said = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    format!("the server thread panicked: {said}")
 }
 
 /// A sign-in blob shaped like the shared fixture, at `timestamp`.
