@@ -603,6 +603,7 @@ async fn a_flood_of_pushes_is_held_back_by_tcp_not_buffered() {
             "ack took {:?}",
             began.elapsed()
         );
+        // Pacing, not waiting: the probes spread over the flood's seconds.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (sent, _flooder) = flood.await.unwrap();
