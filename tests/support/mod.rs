@@ -107,7 +107,10 @@ impl Endpoint {
 /// kpiggybank served in this process, on its own runtime in its own thread:
 /// a test on a single-threaded runtime, or one that blocks, cannot starve
 /// it, and dropping it can stop it without a runtime. Dropping it stops it
-/// gracefully (as SIGTERM would) and waits for `serve` to return.
+/// gracefully (as SIGTERM would) and waits for `serve` to return, blocking
+/// the dropping thread: a WebSocket client driven by that same thread cannot
+/// answer the server's close frame, which then waits out its 1 s close
+/// timeout. `stop().await` first where that matters.
 pub struct Server {
     endpoint: Endpoint,
     /// Its data directory (kept by the test, so a restart finds the same data).
@@ -147,20 +150,28 @@ impl Server {
     /// Like [`Server::start_in`], listening on `addr` (a restart on the same
     /// port, as a client would find it again).
     pub fn start_at(data_dir: &Path, addr: SocketAddr, env: &[(&str, &str)]) -> Server {
-        let mut env = env.to_vec();
-        let (host, port) = (addr.ip().to_string(), addr.port().to_string());
-        env.extend([("HOST", host.as_str()), ("PORT", port.as_str())]);
-        Server::start_in(data_dir, &env)
+        match Server::try_start(data_dir, env, Some(addr)) {
+            Ok(server) => server,
+            Err(e) => panic!("kpiggybank did not start on {addr}: {e}"),
+        }
     }
 
     /// Like [`Server::start_in`], but returns why it did not start: the
     /// configuration error, or the `StartError`, as the binary would say it.
     pub fn try_start_in(data_dir: &Path, env: &[(&str, &str)]) -> Result<Server, String> {
+        Server::try_start(data_dir, env, None)
+    }
+
+    fn try_start(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        addr: Option<SocketAddr>,
+    ) -> Result<Server, String> {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (running, addr) = launch(vars(data_dir, &env, None))?;
+        let (running, addr) = launch(vars(data_dir, &env, addr))?;
         Ok(Server {
             endpoint: Endpoint { addr },
             data_dir: data_dir.to_path_buf(),
