@@ -394,7 +394,13 @@ async fn a_slow_subscriber_is_caught_up_from_the_store() {
 /// measures latency meanwhile. Returns (catch-ups, whether it was closed).
 async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
     // The process: its memory is measured while the subscriber is stuck.
-    let (server, _dir) = Process::start(&[("WS_SEND_TIMEOUT_MS", send_timeout_ms)]);
+    // Pings far apart: the stuck one answers none, and on a busy machine
+    // this takes longer than the two default intervals (40 s) after which
+    // a silent peer is dropped (1011), which is not what is tested here.
+    let (server, _dir) = Process::start(&[
+        ("WS_SEND_TIMEOUT_MS", send_timeout_ms),
+        ("WS_PING_INTERVAL_MS", "600000"),
+    ]);
     let total = 100_000u64;
     // The stuck one subscribes, then stops reading.
     let mut stuck = connect(&server, "/wsapi/ws?subscribe").await;
