@@ -12,12 +12,13 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Server, http};
+use support::{Endpoint, Process, Server, http};
 
-/// Starts a server that must refuse to start; returns what it said.
+/// Starts the binary, which must refuse to start; returns what it said.
+/// The process: its exit status and its message are under test.
 fn refused(env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    match Server::try_start_in(dir.path(), env) {
+    match Process::try_start_in(dir.path(), env) {
         Ok(server) => panic!(
             "started with {env:?}, which should be refused:\n{}",
             server.logs()
@@ -26,27 +27,11 @@ fn refused(env: &[(&str, &str)]) -> String {
     }
 }
 
-/// Waits until the logs contain `needle` (the log reader is a thread).
-fn wait_for_log(server: &Server, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = server.logs();
-        if logs.contains(needle) {
-            return logs;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in the logs:\n{logs}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops the server with SIGTERM and returns everything it logged.
-fn stop_and_logs(server: &mut Server) -> String {
+/// Stops the process with SIGTERM and returns everything it logged.
+fn stop_and_logs(server: &mut Process) -> String {
     let status = server.signal_and_wait("TERM");
     assert!(status.success(), "{status}");
-    wait_for_log(server, "stopped")
+    server.wait_for_log("stopped")
 }
 
 /// The variables `env.sh.dist` lists, commented-out ones included.
@@ -226,7 +211,8 @@ fn a_bad_value_stops_the_start_naming_the_variable_and_what_it_accepts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_line_names_backend_database_and_address() {
-    let (mut server, _dir) = Server::start(&[("MODE", "prod"), ("DB_NAME", "kpi_cfg_42")]);
+    // The process: its start-up line is under test.
+    let (mut server, _dir) = Process::start(&[("MODE", "prod"), ("DB_NAME", "kpi_cfg_42")]);
     let addr = server.addr.to_string();
     let logs = server.logs();
     let line = logs
@@ -238,7 +224,7 @@ async fn the_start_up_line_names_backend_database_and_address() {
     assert!(line.contains("kpi_cfg_42"), "{line}");
     stop_and_logs(&mut server);
 
-    let (server, _dir) = Server::start(&[("MODE", "prod"), ("DB_BACKEND", "memory")]);
+    let (server, _dir) = Process::start(&[("MODE", "prod"), ("DB_BACKEND", "memory")]);
     let logs = server.logs();
     let line = logs.lines().find(|l| l.contains("listening on")).unwrap();
     assert!(
@@ -248,7 +234,7 @@ async fn the_start_up_line_names_backend_database_and_address() {
 }
 
 /// Posts, reads and fails a request, so that a verbose server has something to say.
-async fn some_requests(server: &Server) {
+async fn some_requests(server: &Endpoint) {
     assert_eq!(server.post_form(r#"{"timestamp":1}"#).await.status(), 201);
     assert_eq!(
         server.post_form(r#"{"timestamp":"soon"}"#).await.status(),
@@ -259,14 +245,15 @@ async fn some_requests(server: &Server) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mode_dev_logs_requests_and_mode_prod_does_not() {
-    let (mut dev, _dir) = Server::start(&[("MODE", "dev")]);
+    // The process: what it logs is under test.
+    let (mut dev, _dir) = Process::start(&[("MODE", "dev")]);
     some_requests(&dev).await;
     let logs = stop_and_logs(&mut dev);
     assert!(logs.contains("DEBUG"), "MODE=dev logs debug lines:\n{logs}");
     assert!(logs.contains("stored"), "MODE=dev logs each store:\n{logs}");
     assert!(logs.contains("answering 400"), "{logs}");
 
-    let (mut prod, _dir) = Server::start(&[("MODE", "prod")]);
+    let (mut prod, _dir) = Process::start(&[("MODE", "prod")]);
     some_requests(&prod).await;
     let logs = stop_and_logs(&mut prod);
     assert!(logs.contains("listening on"), "{logs}");
@@ -287,7 +274,8 @@ async fn secrets_never_appear_in_the_logs() {
         if !rust_log.is_empty() {
             env.push(("RUST_LOG", rust_log));
         }
-        let (mut server, _dir) = Server::start(&env);
+        // The process: what it logs is under test.
+        let (mut server, _dir) = Process::start(&env);
         some_requests(&server).await;
         let smash = |token: &str| {
             http()
@@ -310,7 +298,8 @@ async fn secrets_never_appear_in_the_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_backend_warns_and_works_but_keeps_nothing() {
-    let (mut server, dir) = Server::start(&[("DB_BACKEND", "memory"), ("MODE", "prod")]);
+    // The process: its warning is under test; the restart is in-process.
+    let (mut server, dir) = Process::start(&[("DB_BACKEND", "memory"), ("MODE", "prod")]);
     let logs = server.logs();
     assert!(
         logs.lines()
@@ -349,7 +338,8 @@ async fn the_memory_backend_warns_and_works_but_keeps_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dummy_backend_accepts_posts_and_returns_samples() {
-    let (server, _dir) = Server::start(&[("DB_BACKEND", "dummy"), ("MODE", "prod")]);
+    // The process: its "nothing is saved" warning is under test.
+    let (server, _dir) = Process::start(&[("DB_BACKEND", "dummy"), ("MODE", "prod")]);
     assert!(
         server.logs().contains("nothing is saved"),
         "{}",

@@ -5,13 +5,14 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::couch::{CouchDb3Proxy, PASS, Pouch, env_refs};
-use support::{Server, http};
+use support::{Endpoint, Process, Server, http};
 
 /// Starts a kpiggybank node on `pouch`'s database `db`, with its own spool dir.
 fn node(env: &[(String, String)], extra: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
@@ -21,14 +22,22 @@ fn node(env: &[(String, String)], extra: &[(&str, &str)]) -> (Server, tempfile::
     (Server::start_in(dir.path(), &vars), dir)
 }
 
+/// Like [`node`], as a process, for the tests that read its logs.
+fn node_process(env: &[(String, String)]) -> (Process, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Process::start_in(dir.path(), &env_refs(env)), dir)
+}
+
 /// Collects the changes of `/stream` (from `since`, if given) in the background.
 struct Watch {
     changes: Arc<Mutex<Vec<Value>>>,
+    /// The store's epoch when the stream opened (`x-kpiggybank-epoch`).
+    epoch: String,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Watch {
-    async fn start(server: &Server, since: Option<&str>) -> Watch {
+    async fn start(server: &Endpoint, since: Option<&str>) -> Watch {
         let url = match since {
             Some(s) => server.url(&format!(
                 "/wsapi/interaction_data/stream?heartbeat=200&since={s}"
@@ -38,6 +47,10 @@ impl Watch {
         support::install_crypto();
         let res = support::http().get(url).send().await.unwrap();
         assert_eq!(res.status(), 200);
+        let epoch = res.headers()["x-kpiggybank-epoch"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let changes = Arc::new(Mutex::new(Vec::new()));
         let sink = changes.clone();
         let task = tokio::spawn(async move {
@@ -55,7 +68,11 @@ impl Watch {
                 }
             }
         });
-        Watch { changes, task }
+        Watch {
+            changes,
+            epoch,
+            task,
+        }
     }
 
     fn ids(&self) -> Vec<String> {
@@ -143,7 +160,8 @@ async fn a_database_of_the_original_works_unchanged() {
     let old_ids = original_database(&pouch, "bid_kpi", 5);
     let (_, design_before) = pouch.call("GET", "/bid_kpi/_design/data", "");
 
-    let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
+    // The process: its logs must not hold the password.
+    let (server, _dir) = node_process(&pouch.env("bid_kpi"));
     assert_eq!(
         server.get_json("/wsapi/interaction_data/count").await,
         json!(5)
@@ -225,7 +243,8 @@ async fn start_creates_the_database_and_fails_clearly_without_leaking_the_passwo
     let mut env = pouch.env("other_db");
     env.retain(|(k, _)| k != "DB_PASS");
     env.push(("DB_PASS".into(), wrong.into()));
-    let logs = Server::try_start_in(dir.path(), &env_refs(&env))
+    // The process: a start-up error, and logs that must not hold the password.
+    let logs = Process::try_start_in(dir.path(), &env_refs(&env))
         .err()
         .expect("a wrong password stops the start");
     assert!(
@@ -245,7 +264,7 @@ async fn start_creates_the_database_and_fails_clearly_without_leaking_the_passwo
     let mut env = pouch.env("x");
     env.retain(|(k, _)| k != "DB_PORT");
     env.push(("DB_PORT".into(), support::couch::free_port().to_string()));
-    let logs = Server::try_start_in(dir.path(), &env_refs(&env))
+    let logs = Process::try_start_in(dir.path(), &env_refs(&env))
         .err()
         .expect("no CouchDB stops the start");
     assert!(
@@ -297,7 +316,7 @@ async fn ranges_page_through_ties_and_two_smashes_never_share_a_blob() {
         1500
     );
 
-    let smash = |server: &Server| {
+    let smash = |server: &Endpoint| {
         http()
             .post(server.url("/wsapi/interaction_data/smash?start=100&end=449"))
             .bearer_auth("tok")
@@ -368,8 +387,11 @@ async fn couchdb_3_dialect_opaque_seqs_last_seq_and_lines_cut_short() {
     let watch = Watch::start(&server, None).await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.extend(server.store(&json!({"timestamp": i})).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let id = server.store(&json!({"timestamp": i})).await;
+        // One change at a time: each reaches a feed that is open and
+        // waiting, and the proxy ends or cuts feeds between them.
+        watch.wait_for(&id, Duration::from_secs(30)).await;
+        ids.extend(id);
     }
     watch.wait_for(&ids, Duration::from_secs(30)).await;
     watch.assert_once();
@@ -414,43 +436,73 @@ async fn couchdb_killed_and_restarted_under_load_loses_and_repeats_nothing() {
     let (server, _dir) = node(&pouch.env("bid_kpi"), &[]);
     let server = Arc::new(server);
     let watch = Watch::start(&server, None).await;
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_so_far = Arc::new(AtomicUsize::new(0));
+    // Blobs sent after CouchDB was killed (and before it is back) can only
+    // be acknowledged from the spool.
+    let down_since: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let acked_while_down = Arc::new(AtomicUsize::new(0));
     let producers: Vec<_> = (0..4)
         .map(|p| {
             let (server, stop) = (server.clone(), stop.clone());
+            let (acked_so_far, down_since, acked_while_down) = (
+                acked_so_far.clone(),
+                down_since.clone(),
+                acked_while_down.clone(),
+            );
             tokio::spawn(async move {
                 let mut ids = Vec::new();
                 let mut n = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    ids.extend(
-                        server
-                            .store(&json!([{"timestamp": n, "p": p}, {"timestamp": n + 1, "p": p}]))
-                            .await,
-                    );
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let got = server
+                        .store(&json!([{"timestamp": n, "p": p}, {"timestamp": n + 1, "p": p}]))
+                        .await;
+                    if down_since.lock().unwrap().is_some_and(|t| sent > t) {
+                        acked_while_down.fetch_add(got.len(), Ordering::Relaxed);
+                    }
+                    acked_so_far.fetch_add(got.len(), Ordering::Relaxed);
+                    ids.extend(got);
                     n += 2;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 ids
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_least = |counter: &Arc<AtomicUsize>, n: usize| {
+        let counter = counter.clone();
+        move || {
+            let reached = counter.load(Ordering::Relaxed) >= n;
+            async move { reached.then_some(()) }
+        }
+    };
+    support::wait_until(
+        "100 blobs acknowledged before the kill",
+        Duration::from_secs(30),
+        at_least(&acked_so_far, 100),
+    )
+    .await;
     pouch.kill9();
-    let killed_at = Instant::now();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    *down_since.lock().unwrap() = Some(Instant::now());
+    support::wait_until(
+        "100 blobs acknowledged while CouchDB is down: the outage is spooled",
+        Duration::from_secs(30),
+        at_least(&acked_while_down, 100),
+    )
+    .await;
     pouch.restart();
-    let down_for = killed_at.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let before_restart = acked_so_far.load(Ordering::Relaxed);
+    support::wait_until(
+        "100 more blobs acknowledged after CouchDB is back",
+        Duration::from_secs(30),
+        at_least(&acked_so_far, before_restart + 100),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
     let mut acked = Vec::new();
     for p in producers {
         acked.extend(p.await.unwrap());
     }
-    assert!(down_for >= Duration::from_secs(4));
-    assert!(
-        server.logs().contains("acknowledging them from the spool"),
-        "the outage was spooled"
-    );
     watch.wait_for(&acked, Duration::from_secs(30)).await;
     watch.assert_once();
     let count = server.get_json("/wsapi/interaction_data/count").await;
@@ -476,23 +528,40 @@ async fn a_deleted_and_recreated_database_gets_a_new_epoch_and_is_relayed_from_i
     later.extend(server.store(&json!({"timestamp": 3})).await);
     watch.wait_for(&later, Duration::from_secs(30)).await;
     watch.assert_once();
-    assert_ne!(
-        pouch.call("GET", "/bid_kpi/_local/kpiggybank", "").1,
-        epoch_before
-    );
+    let epoch_after = pouch.call("GET", "/bid_kpi/_local/kpiggybank", "").1;
+    assert_ne!(epoch_after, epoch_before);
     assert_eq!(
         server.get_json("/wsapi/interaction_data/count").await,
         json!(2)
     );
+    // The node noticed the re-creation: it hands out the new database's
+    // epoch, and refuses to resume from a seq of the old one.
+    let res = http()
+        .get(server.url("/wsapi/interaction_data/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let epoch_now = res.headers()["x-kpiggybank-epoch"].to_str().unwrap();
+    assert_ne!(epoch_now, watch.epoch, "the epoch changed");
     assert!(
-        server.logs().contains("was re-created"),
-        "{}",
-        server.logs()
+        epoch_after.contains(epoch_now),
+        "{epoch_now} is the new database's epoch: {epoch_after}"
     );
+    let old_seq = watch.changes.lock().unwrap()[0]["seq"].clone();
+    let res = http()
+        .get(server.url(&format!(
+            "/wsapi/interaction_data/stream?since={old_seq}&epoch={}",
+            watch.epoch
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409, "a seq of the old database is refused");
 }
 
 /// POSTs a smash with the test token; the answer within 30 s.
-async fn smash(server: &Server, query: &str) -> reqwest::Response {
+async fn smash(server: &Endpoint, query: &str) -> reqwest::Response {
     let request = http()
         .post(server.url(&format!("/wsapi/interaction_data/smash{query}")))
         .bearer_auth("tok")
@@ -546,15 +615,26 @@ async fn last_n_after_smashes_replays_at_most_n_changes() {
     let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/wsapi/ws?last=3"))
         .await
         .unwrap();
+    // A blob stored now comes after whatever is replayed: count until it.
+    let marker = server
+        .store(&json!({"timestamp": 11, "marker": true}))
+        .await;
     let mut replayed = 0;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline.into(), ws.next()).await {
-        if let Message::Text(text) = msg {
-            let frame: Value = serde_json::from_str(&text).unwrap();
-            if frame["type"] == "change" {
-                replayed += 1;
-            }
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(15), ws.next())
+            .await
+            .expect("the marker blob arrives")
+            .expect("socket open")
+            .expect("no socket error");
+        let Message::Text(text) = msg else { continue };
+        let frame: Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] != "change" {
+            continue;
         }
+        if frame["id"] == json!(marker[0]) {
+            break;
+        }
+        replayed += 1;
     }
     assert!(replayed <= 3, "asked for the last 3, got {replayed}");
 }

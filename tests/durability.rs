@@ -5,12 +5,12 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::lines::{Lines, Next};
-use support::{Server, http};
+use support::{Endpoint, Process, Server, http};
 
 /// Concurrent producers: more than the cores, so requests queue at the batcher.
 const PRODUCERS: usize = 16;
@@ -36,6 +36,7 @@ async fn produce(
     producer: usize,
     stop: Arc<AtomicBool>,
     stop_began: Arc<parking_lot::Mutex<Option<Instant>>>,
+    acked_so_far: Arc<AtomicUsize>,
 ) -> Report {
     let client = http();
     let mut report = Report::default();
@@ -86,6 +87,7 @@ async fn produce(
                     report.answered_after_stop += 1;
                 }
                 report.acked.insert(tag, ids);
+                acked_so_far.fetch_add(1, Ordering::Relaxed);
                 consecutive_failures = 0;
             }
             Ok(res) => {
@@ -107,15 +109,13 @@ async fn produce(
     report
 }
 
-/// Runs the producers against `server` for `run_for`, then calls `stop`
-/// while they are still posting; returns what they saw.
-async fn load_then(
-    server: &mut Server,
-    run_for: Duration,
-    stop: impl FnOnce(&mut Server),
-) -> Report {
+/// Runs the producers against `server` until they have `acked` requests
+/// acknowledged, then calls `stop` while they are still posting; returns
+/// what they saw.
+async fn load_then(server: &mut Process, acked: usize, stop: impl FnOnce(&mut Process)) -> Report {
     let stop_flag = Arc::new(AtomicBool::new(false));
     let stop_began = Arc::new(parking_lot::Mutex::new(None));
+    let acked_so_far = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..PRODUCERS)
         .map(|p| {
             tokio::spawn(produce(
@@ -123,10 +123,16 @@ async fn load_then(
                 p,
                 stop_flag.clone(),
                 stop_began.clone(),
+                acked_so_far.clone(),
             ))
         })
         .collect();
-    tokio::time::sleep(run_for).await;
+    support::wait_until(
+        &format!("the load to have {acked} requests acknowledged"),
+        Duration::from_secs(60),
+        || async { (acked_so_far.load(Ordering::Relaxed) >= acked).then_some(()) },
+    )
+    .await;
     *stop_began.lock() = Some(Instant::now());
     tokio::task::block_in_place(|| stop(server));
     stop_flag.store(true, Ordering::Relaxed);
@@ -150,7 +156,7 @@ async fn load_then(
 }
 
 /// Every blob in the store, grouped by the request that posted it.
-async fn stored_by_request(server: &Server) -> HashMap<String, Vec<Value>> {
+async fn stored_by_request(server: &Endpoint) -> HashMap<String, Vec<Value>> {
     let res = http()
         .get(server.url("/wsapi/interaction_data"))
         .send()
@@ -170,7 +176,7 @@ async fn stored_by_request(server: &Server) -> HashMap<String, Vec<Value>> {
 
 /// Every acknowledged request is stored with exactly its ids, and every
 /// stored request is complete (all or nothing) and stored once.
-async fn check_after_restart(server: &Server, acked: &Acked) {
+async fn check_after_restart(server: &Endpoint, acked: &Acked) {
     let stored = stored_by_request(server).await;
     for (tag, ids) in acked {
         let blobs = stored
@@ -208,13 +214,10 @@ async fn check_after_restart(server: &Server, acked: &Acked) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_concurrent_load_loses_no_acknowledged_blob() {
-    let (mut server, dir) = Server::start(&[("MODE", "prod")]);
-    let report = load_then(&mut server, Duration::from_millis(1500), Server::kill9).await;
-    assert!(
-        report.acked.len() >= 50,
-        "the load acknowledged only {} requests",
-        report.acked.len()
-    );
+    // The process: kill -9 is what is under test.
+    let (mut server, dir) = Process::start(&[("MODE", "prod")]);
+    // Enough that the batcher groups writes when the kill comes.
+    let report = load_then(&mut server, 200, Process::kill9).await;
     assert!(
         report.failed >= 1,
         "no request was in flight when the server was killed"
@@ -226,7 +229,8 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_blob() {
 /// SIGTERM or SIGINT with writes in flight and a stream open: exit 0 soon,
 /// every 201 stored, the stream ended, no new connections.
 async fn graceful_stop(signal: &'static str) {
-    let (mut server, dir) = Server::start(&[("MODE", "prod")]);
+    // The process: the signal handlers and the exit status are under test.
+    let (mut server, dir) = Process::start(&[("MODE", "prod")]);
     let addr = server.addr;
     let res = http()
         .get(server.url("/wsapi/interaction_data/stream?since=0&heartbeat=200"))
@@ -248,7 +252,7 @@ async fn graceful_stop(signal: &'static str) {
 
     let mut exit = None;
     let mut took = Duration::ZERO;
-    let report = load_then(&mut server, Duration::from_millis(1000), |server| {
+    let report = load_then(&mut server, 100, |server| {
         let t = Instant::now();
         exit = Some(server.signal_and_wait(signal));
         took = t.elapsed();
@@ -259,11 +263,6 @@ async fn graceful_stop(signal: &'static str) {
     assert!(
         took < Duration::from_secs(15),
         "SIG{signal} took {took:?} to stop the server"
-    );
-    assert!(
-        report.acked.len() >= 20,
-        "the load acknowledged only {} requests",
-        report.acked.len()
     );
     assert!(
         report.answered_after_stop >= 1,
@@ -301,7 +300,8 @@ async fn sigint_answers_in_flight_writes_ends_streams_and_exits_0() {
 /// acknowledged are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_is_not_held_up_by_a_stalled_stream_reader() {
-    let (mut server, dir) = Server::start(&[("MODE", "prod"), ("MAX_BODY_BYTES", "8388608")]);
+    // The process: SIGTERM and the exit status are under test.
+    let (mut server, dir) = Process::start(&[("MODE", "prod"), ("MAX_BODY_BYTES", "8388608")]);
     // Opened and never read again.
     let stalled = http()
         .get(server.url("/wsapi/interaction_data/stream"))

@@ -11,7 +11,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde_json::Value;
 use support::lines::Lines;
-use support::{Server, http, login_blob};
+use support::{Endpoint, Process, Server, http, login_blob};
 
 /// The original suite's database.
 const TEST_DB: &str = "bid_kpi_test";
@@ -43,7 +43,7 @@ fn delete_test_db(dir: &Path) {
 }
 
 /// The original client's way: a form post with `data=<JSON>`.
-async fn post_form(client: &reqwest::Client, server: &Server, data: &str) -> reqwest::Response {
+async fn post_form(client: &reqwest::Client, server: &Endpoint, data: &str) -> reqwest::Response {
     client
         .post(server.url("/wsapi/interaction_data"))
         .form(&[("data", data)])
@@ -257,7 +257,8 @@ async fn the_test_database_is_deleted_by_the_suite() {
     let dir = tempfile::tempdir().unwrap();
     // In the beginning, the database does not exist.
     delete_test_db(dir.path());
-    let mut server = start_test_db(dir.path());
+    // The process: it is stopped with SIGINT, as the original suite did.
+    let mut server = Process::start_in(dir.path(), &[("DB_NAME", TEST_DB), ("MODE", "prod")]);
     assert!(
         !test_db_files(dir.path()).is_empty(),
         "the server created {TEST_DB}"

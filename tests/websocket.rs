@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::Server;
+use support::{Endpoint, Process, Server};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -15,7 +15,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-async fn connect(server: &Server, path: &str) -> Ws {
+async fn connect(server: &Endpoint, path: &str) -> Ws {
     connect_async(server.ws_url(path)).await.expect("connect").0
 }
 
@@ -49,13 +49,13 @@ async fn recv_type(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
-async fn stats(server: &Server) -> Value {
+async fn stats(server: &Endpoint) -> Value {
     server.get_json("/wsapi/stats").await
 }
 
 /// Waits until the server counts `n` open WebSockets (a closed one is
 /// released by its task, a moment after the client sees the close).
-async fn wait_for_connections(server: &Server, n: u64) {
+async fn wait_for_connections(server: &Endpoint, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while stats(server).await["connections"] != n {
         assert!(
@@ -393,7 +393,14 @@ async fn a_slow_subscriber_is_caught_up_from_the_store() {
 /// A subscriber stops reading while 100,000 sign-in blobs go by; another
 /// measures latency meanwhile. Returns (catch-ups, whether it was closed).
 async fn stuck_subscriber(send_timeout_ms: &str) -> (u64, bool) {
-    let (server, _dir) = Server::start(&[("WS_SEND_TIMEOUT_MS", send_timeout_ms)]);
+    // The process: its memory is measured while the subscriber is stuck.
+    // Pings far apart: the stuck one answers none, and on a busy machine
+    // this takes longer than the two default intervals (40 s) after which
+    // a silent peer is dropped (1011), which is not what is tested here.
+    let (server, _dir) = Process::start(&[
+        ("WS_SEND_TIMEOUT_MS", send_timeout_ms),
+        ("WS_PING_INTERVAL_MS", "600000"),
+    ]);
     let total = 100_000u64;
     // The stuck one subscribes, then stops reading.
     let mut stuck = connect(&server, "/wsapi/ws?subscribe").await;
@@ -531,49 +538,40 @@ async fn shutdown_answers_pending_pushes_then_closes_with_1001() {
     }
     // Wait until the first ack so that the pushes are being processed.
     recv_type(&mut ws, "ack").await;
-    let pid = server.pid();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(status.success());
-    let mut acks = 1;
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(&text).unwrap();
-                if frame["type"] == "ack" {
-                    acks += 1;
+    // The graceful stop SIGTERM triggers (the signal itself is tested in
+    // tests/durability.rs), read through while it happens; `stop` fails the
+    // test if serve errs or does not return.
+    let read = async {
+        let mut acks = 1;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), ws.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Text(text))) => {
+                    let frame: Value = serde_json::from_str(&text).unwrap();
+                    if frame["type"] == "ack" {
+                        acks += 1;
+                    }
                 }
+                Some(Ok(Message::Close(frame))) => break (frame, acks),
+                Some(Ok(_)) => {}
+                other => panic!("expected a close frame, got {other:?}"),
             }
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => {}
-            other => panic!("expected a close frame, got {other:?}"),
         }
     };
+    let ((close, acks), ()) = tokio::join!(read, server.stop());
     assert_eq!(u16::from(close.unwrap().code), 1001);
-    let exit = tokio::task::spawn_blocking(move || server.signal_and_wait_exit())
-        .await
-        .unwrap();
-    assert!(exit.success(), "{exit:?}");
     // Every push the server read was answered; every ack is stored.
-    let dir = _dir.path().to_path_buf();
-    let restarted = Server::start_in(&dir, &[]);
-    let count: u64 = restarted.count().await;
+    server.restart().await;
+    let count: u64 = server.count().await;
     assert!(count >= acks, "{count} stored, {acks} acknowledged");
 }
 
 #[tokio::test]
 async fn a_flood_of_pushes_is_held_back_by_tcp_not_buffered() {
-    let (server, _dir) = Server::start(&[]);
+    // The process: its memory is measured during the flood.
+    let (server, _dir) = Process::start(&[]);
     let rss_before = server.rss_bytes();
     let mut flooder = connect(&server, "/wsapi/ws").await;
     // Lists of 50 sign-in blobs, written as raw pre-masked frames straight
@@ -611,6 +609,7 @@ async fn a_flood_of_pushes_is_held_back_by_tcp_not_buffered() {
             "ack took {:?}",
             began.elapsed()
         );
+        // Pacing, not waiting: the probes spread over the flood's seconds.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (sent, _flooder) = flood.await.unwrap();
