@@ -325,8 +325,7 @@ async fn a_change_stream_ended_by_the_server_says_why_in_its_last_line() {
     assert_eq!(res.status(), 200);
     let body = tokio::spawn(res.text());
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let status = tokio::task::block_in_place(|| server.signal_and_wait("TERM"));
-    assert!(status.success(), "{status}");
+    server.stop().await;
     let body = body.await.unwrap().expect("the stream ends cleanly");
     let last = body.trim_end().lines().last().unwrap_or_default();
     let last: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {body:?}"));
