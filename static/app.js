@@ -113,6 +113,8 @@ const board = {
   renderMs: null,
   /** 'follow' while the feed is followed, 'poll' while it is too fast to follow. */
   feedMode: 'follow',
+  /** When the feed went from following to polling and back, and at what rate. */
+  feedSwitches: [],
   lastError: null,
 };
 window.kpiggybankDashboard = board;
@@ -191,7 +193,7 @@ statsFeed.on('stats', (frame) => {
   }
   if (frame.windows['10s'].count > 0) scheduleCount();
   trueRate = frame.windows['10s'].count / 10;
-  feedGovernor();
+  feedGovernor(frame);
   scheduleRender();
 });
 
@@ -396,8 +398,9 @@ let trueRate = NaN;
 
 let feed = null;
 
-function follow() {
-  feed = client.followChanges({ last: REPLAY, sample: FEED_SAMPLE });
+/** Follows the changes: with a replay at first, from now when resuming after polling. */
+function follow({ replay = true } = {}) {
+  feed = client.followChanges({ ...(replay ? { last: REPLAY } : {}), sample: FEED_SAMPLE });
   feed.on('change', (change) => {
     if (countArrival(1) > FEED_MAX_PER_S) {
       stopFollowing();
@@ -438,6 +441,10 @@ function show(change) {
 }
 
 let pollTimer = null;
+let pollingSince = 0;
+
+/** Least time spent polling before following again: bursts must not make the feed flap. */
+const POLL_AT_LEAST_MS = 10_000;
 
 /**
  * More changes arrive than a page can parse, and the server does not
@@ -446,6 +453,8 @@ let pollTimer = null;
 function stopFollowing() {
   if (board.feedMode === 'poll') return;
   board.feedMode = 'poll';
+  board.feedSwitches.push({ at: Date.now(), to: 'poll', perSecond: arrivals[Math.floor(Date.now() / 1000) % 10] });
+  pollingSince = Date.now();
   feed.close();
   feed = null;
   board.changesState = 'live';
@@ -462,12 +471,20 @@ function stopFollowing() {
   updateFeedRate();
 }
 
-/** Follows the feed again once the rate it would bring is back within reach. */
-function feedGovernor() {
-  if (board.feedMode === 'poll' && trueRate < FEED_MAX_PER_S / 2) {
+/**
+ * Follows the feed again once the rate it would bring is back within
+ * reach: no second of the last ten above half the limit, by the server's
+ * count, after polling for a while.
+ */
+function feedGovernor(frame) {
+  if (board.feedMode !== 'poll' || Date.now() - pollingSince < POLL_AT_LEAST_MS) return;
+  const recent = frame.per_second.counts.slice(-10);
+  if (Math.max(...recent) < FEED_MAX_PER_S / 2) {
     clearInterval(pollTimer);
     board.feedMode = 'follow';
-    follow();
+    board.feedSwitches.push({ at: Date.now(), to: 'follow', perSecond: Math.max(...recent) });
+    follow({ replay: false });
+    updateFeedRate();
   }
 }
 
