@@ -787,8 +787,6 @@ function drawRange() {
     pickable: true,
     selected: cursor,
   });
-  const focusable = svg.querySelector(`rect.hit[data-index="${cursor}"]`);
-  if (focusable) focusable.setAttribute('tabindex', '0');
   durationColumns($('range-duration-chart'), r.buckets, {
     label: `sign-in duration per ${bucketName(r.bucketMs)}: median and 95th percentile`,
     xLabels: rangeLabels(r, $('range-duration-chart')),
@@ -857,10 +855,9 @@ $('range-rate-chart').addEventListener('keydown', (event) => {
   drawRange();
   const r = range;
   const [s, e] = bucketBounds(r, cursor);
-  $('range-rate-chart').setAttribute(
-    'aria-label',
-    `${bucketTime(r, s)} – ${bucketTime(r, e + 1)}: ${formatCount(r.counts[cursor])} sign-ins; Enter lists them`,
-  );
+  // Said aloud by the live region under the chart.
+  $('range-pick-help').textContent =
+    `${bucketTime(r, s)} – ${bucketTime(r, e + 1)}: ${formatCount(r.counts[cursor])} sign-ins. Enter lists them.`;
 });
 
 // ------------------------------------------------------------------ layout

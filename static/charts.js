@@ -109,8 +109,9 @@ function yGrid(max, width, y, format) {
  * Columns over time. `series` oldest first; `xLabels` [[index, text]];
  * `unit` says what the y axis counts; `tooltip(i, v)` names a column.
  * With `pickable`, every non-empty column gets a full-height target
- * (`rect.hit`, `data-index`) that the caller can click and focus, and
- * `selected` marks one. Each bar carries its value in `data-v`.
+ * (`rect.hit`, `data-index`, a button to assistive technology) that the
+ * caller can click, and `selected` marks one; the keyboard is the caller's
+ * (the chart is one tab stop, its columns none, so a redraw loses no focus). Each bar carries its value in `data-v`.
  */
 export function columns(
   svg,
@@ -119,6 +120,9 @@ export function columns(
 ) {
   const width = widthOf(svg);
   frame(svg, width, HEIGHT, label);
+  // An image's children are hidden from assistive technology: a chart
+  // whose columns are buttons is a group.
+  if (pickable) svg.setAttribute('role', 'group');
   const max = niceMax(Math.max(0, ...series));
   const plotW = width - PAD.left - PAD.right;
   const plotH = HEIGHT - PAD.top - PAD.bottom;
@@ -135,7 +139,7 @@ export function columns(
     const title = `<title>${escape(tooltip(i, v))}</title>`;
     out += `<rect class="${cls}" data-v="${v}" x="${x}" y="${(PAD.top + plotH - h).toFixed(1)}" width="${w}" height="${h.toFixed(1)}">${pickable ? '' : title}</rect>`;
     if (pickable) {
-      out += `<rect class="hit" data-index="${i}" tabindex="-1" role="button" aria-label="${escape(tooltip(i, v))}" x="${x}" y="${PAD.top}" width="${Math.max(2, step).toFixed(1)}" height="${plotH}">${title}</rect>`;
+      out += `<rect class="hit" data-index="${i}" role="button" aria-label="${escape(tooltip(i, v))}" x="${x}" y="${PAD.top}" width="${Math.max(2, step).toFixed(1)}" height="${plotH}">${title}</rect>`;
     }
   });
   out += xAxis(xLabels, series.length, step, width);

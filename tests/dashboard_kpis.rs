@@ -296,6 +296,36 @@ async fn the_dashboard_tells_the_truth_from_its_first_paint() {
         }
     }
     assert_eq!(listed.len() as i64, EARLY + 100, "every early blob, and 100 of the burst");
+    // The keyboard: the chart is one tab stop; Home, → and Enter list the
+    // second bucket, and the focus stays on the chart across redraws.
+    let (second, second_count) = bars[1];
+    page.execute(
+        "const chart = document.getElementById('range-rate-chart');
+         chart.focus();
+         for (const key of ['Home', 'ArrowRight', 'Enter']) {
+           chart.dispatchEvent(new KeyboardEvent('keydown', { key, bubbles: true }));
+         }",
+        json!([]),
+    )
+    .await;
+    page.wait_for(
+        "the second bucket listed from the keyboard",
+        PATIENCE,
+        &format!(
+            "return document.querySelectorAll('#bucket-list li').length === {second_count}
+               && document.querySelector('#range-rate-chart rect.bar.selected')
+               && document.activeElement === document.getElementById('range-rate-chart')
+               && document.getElementById('range-pick-help').textContent.includes('Enter lists them');"
+        ),
+    )
+    .await;
+    let selected = page
+        .execute(
+            "return Number(document.querySelector('#range-rate-chart rect.bar.selected').nextElementSibling.dataset.index);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(selected, json!(second));
     assert!(early_ids.iter().all(|id| listed.contains(id)), "every early blob is listed");
     // Only bucket lists were read: at most 100 blobs, within one bucket.
     let reads = range_reads(&page).await;
