@@ -18,8 +18,9 @@ use crate::batcher::Batcher;
 use crate::config::{Backend, Config};
 use crate::hub::{self, Hub};
 use crate::registry::Registry;
+use crate::rollup::live::{KEPT_SECONDS, LiveRollup, now_ms};
 use crate::state::AppState;
-use crate::store::{self, StoreError};
+use crate::store::{self, BlobStore, RollupQuery, StoreError};
 
 /// How long shutdown waits for the writer to drain after the last request.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,11 +74,13 @@ impl App {
                 config.backend.name()
             );
         }
+        let live = live_seed(&*opened.store).await;
         let (hub, pump) = Hub::start(
             opened.feed,
             opened.events,
             opened.start_seq,
             hub::RING_CAPACITY,
+            live,
         );
         let writer_stop = CancellationToken::new();
         let (batcher, writer) = Batcher::start(
@@ -101,6 +104,36 @@ impl App {
             writer_stop,
             pump,
         })
+    }
+}
+
+/// How long the start waits for the store's last hour of KPIs (a CouchDB
+/// view built at query time can take long; the live rollup then starts empty).
+const LIVE_SEED_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The live rollup as the store's last hour by second, read before the
+/// hub's pump runs, so nothing written by this node is counted twice. (On
+/// CouchDB, a change another node writes meanwhile may count twice in the
+/// first hour's live windows.)
+async fn live_seed(store: &dyn BlobStore) -> LiveRollup {
+    let now = now_ms();
+    let query = RollupQuery {
+        start_ms: Some(now - (KEPT_SECONDS - 1) * 1000),
+        end_ms: Some(now),
+        bucket: Some(Duration::from_secs(1)),
+    };
+    match tokio::time::timeout(LIVE_SEED_TIMEOUT, store.rollup(&query)).await {
+        Ok(Ok(rollup)) => LiveRollup::seeded(rollup.buckets),
+        Ok(Err(e)) => {
+            tracing::warn!("the live KPIs start empty: reading the last hour failed: {e}");
+            LiveRollup::default()
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the live KPIs start empty: the store's last hour took over {LIVE_SEED_TIMEOUT:?}"
+            );
+            LiveRollup::default()
+        }
     }
 }
 

@@ -117,8 +117,7 @@ async fn range_reads(page: &Session) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_tells_the_truth_from_its_first_paint() {
-    let (mut server, data) = Server::start(&[]);
-    let port = server.addr.port().to_string();
+    let (mut server, _data) = Server::start(&[]);
     let start = now_ms();
     // Every tenth in seconds, as older producers send them: the server
     // places those by their time, and a bucket must list them too.
@@ -167,8 +166,15 @@ async fn the_dashboard_tells_the_truth_from_its_first_paint() {
     let sums = breakdown_sums(&page, "#breakdowns").await;
     assert!(all_equal(&sums, EARLY), "breakdown sums {sums}");
     let browsers = text_of(&page, "#breakdowns [data-key=\"browser\"] svg").await;
-    assert!(browsers.contains("Firefox") && browsers.contains("80"), "{browsers}");
-    assert!(text_of(&page, "#breakdown-hint").await.contains("last hour"));
+    assert!(
+        browsers.contains("Firefox") && browsers.contains("80"),
+        "{browsers}"
+    );
+    assert!(
+        text_of(&page, "#breakdown-hint")
+            .await
+            .contains("last hour")
+    );
     page.wait_for(
         "the replay in the feed",
         PATIENCE,
@@ -295,7 +301,11 @@ async fn the_dashboard_tells_the_truth_from_its_first_paint() {
             assert!(listed.insert(id), "a blob listed in two buckets");
         }
     }
-    assert_eq!(listed.len() as i64, EARLY + 100, "every early blob, and 100 of the burst");
+    assert_eq!(
+        listed.len() as i64,
+        EARLY + 100,
+        "every early blob, and 100 of the burst"
+    );
     // The keyboard: the chart is one tab stop; Home, → and Enter list the
     // second bucket, and the focus stays on the chart across redraws.
     let (second, second_count) = bars[1];
@@ -326,7 +336,10 @@ async fn the_dashboard_tells_the_truth_from_its_first_paint() {
         )
         .await;
     assert_eq!(selected, json!(second));
-    assert!(early_ids.iter().all(|id| listed.contains(id)), "every early blob is listed");
+    assert!(
+        early_ids.iter().all(|id| listed.contains(id)),
+        "every early blob is listed"
+    );
     // Only bucket lists were read: at most 100 blobs, within one bucket.
     let reads = range_reads(&page).await;
     assert!(!reads.is_empty());
@@ -360,7 +373,7 @@ async fn the_dashboard_tells_the_truth_from_its_first_paint() {
     let wide = save_screenshot(&page, "dashboard-kpis.png").await;
 
     // The server stops: the figures are marked stale and say since when.
-    assert_eq!(server.signal_and_wait("TERM").code(), Some(0));
+    server.stop().await;
     page.wait_for(
         "the figures to look stale",
         PATIENCE,
@@ -377,10 +390,9 @@ async fn the_dashboard_tells_the_truth_from_its_first_paint() {
     );
     let stale = save_screenshot(&page, "dashboard-kpis-stale.png").await;
 
-    // It starts again on the same port. Its live rollup begins empty, so
-    // the page shows the stored figures for the windows it is short of,
-    // and no longer looks stale.
-    server = Server::start_in(data.path(), &[("PORT", &port)]);
+    // It starts again on the same port and data, its live hour read from
+    // the store, and the page no longer looks stale.
+    server.restart().await;
     page.wait_for(
         "the figures to be live again",
         PATIENCE,
@@ -397,7 +409,11 @@ async fn the_dashboard_tells_the_truth_from_its_first_paint() {
     )
     .await;
     server
-        .store(&(0..5).map(|n| login_blob(now_ms(), 400 + n)).collect::<Vec<_>>())
+        .store(
+            &(0..5)
+                .map(|n| login_blob(now_ms(), 400 + n))
+                .collect::<Vec<_>>(),
+        )
         .await;
     // Stored figures are asked again every few seconds while the live side is short.
     page.wait_for(
@@ -506,12 +522,18 @@ async fn a_feed_too_fast_to_follow_is_polled_until_it_slows_down() {
         .execute("return kpiggybankDashboard.feedSwitches;", json!([]))
         .await;
     assert_eq!(switches[0]["to"], json!("poll"), "{switches}");
-    assert!(switches[0]["perSecond"].as_u64().unwrap() > 120, "{switches}");
     assert!(
-        page.execute("return document.querySelectorAll('#feed li').length;", json!([]))
-            .await
-            .as_u64()
-            .unwrap()
+        switches[0]["perSecond"].as_u64().unwrap() > 120,
+        "{switches}"
+    );
+    assert!(
+        page.execute(
+            "return document.querySelectorAll('#feed li').length;",
+            json!([])
+        )
+        .await
+        .as_u64()
+        .unwrap()
             <= 100
     );
     // The burst leaves the last ten seconds: the page follows again, from now.

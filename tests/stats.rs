@@ -391,3 +391,36 @@ async fn the_live_kpis_and_a_sampled_feed_over_one_websocket() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_restarted_node_starts_its_live_hour_from_the_store() {
+    let (mut server, _dir) = Server::start(&[]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let blobs: Vec<Value> = (0..30)
+        .map(|i| blob(now - i * 60_000, 4000, "Vivaldi", false))
+        .collect();
+    server.store(&blobs).await;
+    server.restart().await;
+    let res = http()
+        .get(server.url("/wsapi/interaction_data/stats/stream"))
+        .send()
+        .await
+        .unwrap();
+    let mut body = res.bytes_stream();
+    let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
+        .await
+        .expect("a first frame")
+        .unwrap()
+        .unwrap();
+    let frame: Value = serde_json::from_str(std::str::from_utf8(&chunk).unwrap().trim()).unwrap();
+    assert_eq!(
+        frame["windows"]["1h"]["count"], 30,
+        "{}",
+        frame["windows"]["1h"]
+    );
+    assert_eq!(frame["windows"]["1h"]["browser"]["Vivaldi"], 30);
+    assert_eq!(frame["windows"]["5m"]["count"], 5);
+}

@@ -148,7 +148,13 @@ mod tests {
     /// after the headers would have gone out.
     async fn failing_subscription() -> Subscription {
         let (_tx, events) = feed::channel();
-        let (hub, _pump) = Hub::start(Arc::new(Broken), events, Some(Seq::int(5)), RING_CAPACITY);
+        let (hub, _pump) = Hub::start(
+            Arc::new(Broken),
+            events,
+            Some(Seq::int(5)),
+            RING_CAPACITY,
+            Default::default(),
+        );
         hub.subscribe(Start::Since(Seq::int(0)), None)
             .await
             .unwrap()
@@ -180,7 +186,13 @@ mod tests {
     #[tokio::test]
     async fn a_stream_ended_by_shutdown_says_so_in_its_last_line() {
         let (_tx, events) = feed::channel();
-        let (hub, _pump) = Hub::start(Arc::new(Broken), events, None, RING_CAPACITY);
+        let (hub, _pump) = Hub::start(
+            Arc::new(Broken),
+            events,
+            None,
+            RING_CAPACITY,
+            Default::default(),
+        );
         let sub = hub.subscribe(Start::Now, None).await.unwrap();
         let shutdown = CancellationToken::new();
         let lines = change_lines(sub, Duration::from_millis(50), shutdown.clone());

@@ -49,15 +49,16 @@ pub struct Hub {
 impl Hub {
     /// A hub for `feed`, whose live side stood at `start_seq`, keeping
     /// `capacity` recent changes; `events` are moved into it by a pump task,
-    /// which also feeds the live rollup. The tasks end when the handle is aborted.
+    /// which also feeds the live rollup (starting from `live`). The tasks end when the handle is aborted.
     pub fn start(
         feed: Arc<dyn ChangeFeed>,
         events: FeedEvents,
         start_seq: Option<Seq>,
         capacity: usize,
+        live: LiveRollup,
     ) -> (Arc<Hub>, JoinHandle<()>) {
         let ring = Arc::new(Ring::new(capacity, feed.epoch(), start_seq));
-        let live = Arc::new(Mutex::new(LiveRollup::default()));
+        let live = Arc::new(Mutex::new(live));
         let frames = Arc::new(watch::Sender::new(None));
         let tasks = {
             let (ring, frames) = (ring.clone(), frames.clone());

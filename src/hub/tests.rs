@@ -96,7 +96,7 @@ impl ChangeFeed for Feed {
 /// A hub over `feed` and the sender its pump reads.
 fn hub(feed: Arc<Feed>, start: Option<Seq>, capacity: usize) -> (Arc<Hub>, FeedSender) {
     let (tx, events) = feed::channel();
-    let (hub, _pump) = Hub::start(feed, events, start, capacity);
+    let (hub, _pump) = Hub::start(feed, events, start, capacity, Default::default());
     (hub, tx)
 }
 

@@ -34,6 +34,15 @@ pub struct LiveRollup {
 }
 
 impl LiveRollup {
+    /// A live rollup that starts from what the store holds: its last hour
+    /// by second (`seconds` as a store's rollup gives them, oldest first),
+    /// so a node that just started does not show an empty hour.
+    pub fn seeded(seconds: Vec<(i64, Summary)>) -> LiveRollup {
+        LiveRollup {
+            seconds: seconds.into(),
+        }
+    }
+
     /// Counts a sign-in. A timestamp ahead of `now_ms` (a producer's clock a
     /// little fast) counts as now; one older than the kept hour, not at all.
     pub fn add(&mut self, facts: &Facts, now_ms: i64) {
