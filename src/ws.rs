@@ -361,10 +361,11 @@ async fn serve(
             }
             batch = next_changes(&mut conn.sub) => match batch {
                 Ok(entries) => {
+                    let live = conn.sub.as_ref().is_some_and(|s| !s.delivering_from_store());
                     if conn.announce_new_epoch().await.is_err() {
                         break End::TooSlow;
                     }
-                    if conn.send_changes(&entries, send_timeout).await.is_err() {
+                    if conn.send_changes(&entries, live, send_timeout).await.is_err() {
                         break End::TooSlow;
                     }
                 }
@@ -497,13 +498,20 @@ impl Conn {
 
     /// Hands a batch of changes to the socket, then flushes; the deadline
     /// covers the whole batch.
-    async fn send_changes(&mut self, entries: &[Arc<Entry>], limit: Duration) -> Result<(), ()> {
+    async fn send_changes(
+        &mut self,
+        entries: &[Arc<Entry>],
+        live: bool,
+        limit: Duration,
+    ) -> Result<(), ()> {
         let shutdown = self.state.shutdown.clone();
         let deadline = Instant::now() + limit;
         for entry in entries {
             // A sampled subscription skips what is over its budget; its
-            // place in the feed still moves on.
-            if let Some(sampler) = &mut self.sampler
+            // place in the feed still moves on. A replay (or a catch-up)
+            // comes whole: it is what the subscriber asked to see.
+            if live
+                && let Some(sampler) = &mut self.sampler
                 && !sampler.admit()
             {
                 self.last_sent = Some(entry.seq.clone());

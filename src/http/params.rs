@@ -17,7 +17,7 @@ pub const RANGE_PARAMS: &[&str] = &["start", "end", "limit", "descending"];
 pub const STATS_PARAMS: &[&str] = &["start", "end", "bucket"];
 
 /// What `GET …/stream` takes.
-pub const STREAM_PARAMS: &[&str] = &["since", "last", "epoch", "heartbeat"];
+pub const STREAM_PARAMS: &[&str] = &["since", "last", "epoch", "heartbeat", "sample"];
 
 /// Refuses names the route does not take. Ignoring them would answer a
 /// misspelling (`strat=`) as if nothing had been asked: everything, 200.

@@ -17,6 +17,7 @@ use crate::batcher::WriteError;
 use crate::error::ApiError;
 use crate::hub::Subscription;
 use crate::protocol::{self, Given};
+use crate::sampler::Sampler;
 use crate::state::AppState;
 
 /// Default time between heartbeat lines.
@@ -37,8 +38,12 @@ pub async fn stream(
             .filter(|v| !v.is_empty())
             .map(|v| Given::Param(v))
     };
-    // A sample is for pages that cannot take a whole feed: the WebSocket's.
-    let follow = protocol::follow(param("since"), param("last"), param("epoch"), None)?;
+    let follow = protocol::follow(
+        param("since"),
+        param("last"),
+        param("epoch"),
+        param("sample"),
+    )?;
     let heartbeat = match param_i64(&params, "heartbeat")? {
         Some(ms) if ms > 0 => Duration::from_millis(ms as u64).max(MIN_HEARTBEAT),
         Some(_) => {
@@ -57,7 +62,8 @@ pub async fn stream(
     let epoch = sub.epoch().to_string();
     // Where to resume if the stream breaks before its first change.
     let resume = serde_json::to_string(&sub.resume_seq().map(|s| &s.0)).expect("JSON serializes");
-    let lines = change_lines(sub, heartbeat, state.shutdown.clone());
+    let sampler = follow.sample.map(Sampler::new);
+    let lines = change_lines(sub, sampler, heartbeat, state.shutdown.clone());
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
@@ -76,14 +82,15 @@ pub async fn stream(
 /// stream end without one knows the connection broke.
 fn change_lines(
     sub: Subscription,
+    sampler: Option<Sampler>,
     heartbeat: Duration,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     let ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    futures::stream::unfold(Some((sub, ticker)), move |open| {
+    futures::stream::unfold(Some((sub, ticker, sampler)), move |open| {
         let shutdown = shutdown.clone();
         async move {
-            let (mut sub, mut ticker) = open?;
+            let (mut sub, mut ticker, mut sampler) = open?;
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => {
                     let why = ApiError::from(WriteError::ShuttingDown);
@@ -92,8 +99,13 @@ fn change_lines(
                 _ = ticker.tick() => Bytes::from_static(b"\r\n"),
                 next = sub.next() => match next {
                     Ok(entries) => {
+                        let live = !sub.delivering_from_store();
                         let mut buf = BytesMut::with_capacity(entries.iter().map(|e| e.frame.len() + 2).sum());
                         for entry in entries {
+                            // As on the WebSocket: a sample of the live feed, a replay whole.
+                            if live && sampler.as_mut().is_some_and(|s| !s.admit()) {
+                                continue;
+                            }
                             buf.extend_from_slice(&entry.frame);
                             buf.extend_from_slice(b"\r\n");
                         }
@@ -106,7 +118,7 @@ fn change_lines(
                     }
                 },
             };
-            Some((Ok(chunk), Some((sub, ticker))))
+            Some((Ok(chunk), Some((sub, ticker, sampler))))
         }
     })
 }
@@ -171,7 +183,7 @@ mod tests {
     #[tokio::test]
     async fn a_subscription_that_fails_ends_the_stream_with_a_line_saying_why() {
         let sub = failing_subscription().await;
-        let lines = change_lines(sub, Duration::from_secs(60), CancellationToken::new());
+        let lines = change_lines(sub, None, Duration::from_secs(60), CancellationToken::new());
         let body = body_of(lines).await;
         let last = body.strip_suffix("\r\n").expect("a whole last line");
         let last: serde_json::Value = serde_json::from_str(last).unwrap();
@@ -195,7 +207,7 @@ mod tests {
         );
         let sub = hub.subscribe(Start::Now, None).await.unwrap();
         let shutdown = CancellationToken::new();
-        let lines = change_lines(sub, Duration::from_millis(50), shutdown.clone());
+        let lines = change_lines(sub, None, Duration::from_millis(50), shutdown.clone());
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(120)).await;
             shutdown.cancel();

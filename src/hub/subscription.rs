@@ -73,6 +73,9 @@ pub struct Subscription {
     /// (only for feeds that may repeat: see [`ChangeFeed::may_repeat`]).
     recent: RecentIds,
     live_since_switch: usize,
+    /// Whether the last batch came from the store (a replay or a catch-up)
+    /// rather than the live ring.
+    from_store: bool,
     /// A store read in flight, kept across cancelled calls of `next` so a
     /// busy `select!` cannot restart it forever.
     read: Option<StoreRead>,
@@ -109,6 +112,7 @@ impl Subscription {
             last_id: None,
             recent: RecentIds::new(RECENT_IDS),
             live_since_switch: 0,
+            from_store: false,
             read: None,
         };
         match start {
@@ -132,6 +136,12 @@ impl Subscription {
     /// The seq to resume from after the changes delivered so far.
     pub fn resume_seq(&self) -> Option<&Seq> {
         self.last_seq.as_ref()
+    }
+
+    /// Whether the last batch came from the store (a `last` replay or a
+    /// catch-up) rather than live: a sampled subscriber still gets its replay whole.
+    pub fn delivering_from_store(&self) -> bool {
+        self.from_store
     }
 
     /// The store epoch that seqs of this subscription belong to (it changes
@@ -211,6 +221,7 @@ impl Subscription {
                 if entries.is_empty() {
                     Step::Again
                 } else {
+                    self.from_store = false;
                     Step::Deliver(entries)
                 }
             }
@@ -254,6 +265,7 @@ impl Subscription {
         Ok(if fresh.is_empty() {
             Step::Again
         } else {
+            self.from_store = true;
             Step::Deliver(fresh)
         })
     }
