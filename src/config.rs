@@ -570,8 +570,14 @@ fn db_host(host: &str) -> Result<String, ConfigError> {
 /// The base URLs of the nodes `DB_HOST` names: each entry a host (`http://`
 /// and `port` added), `host:port`, or a URL whose port defaults to `port`.
 fn db_nodes(hosts: &str, port: u16) -> Result<Vec<String>, ConfigError> {
+    let entries = || hosts.split(',').map(str::trim).filter(|h| !h.is_empty());
+    // Every node is checked for credentials before any message shows the
+    // value (`db_host` sees only the first one's authority).
+    for host in entries() {
+        db_host(host)?;
+    }
     let mut nodes = Vec::new();
-    for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+    for host in entries() {
         let (scheme, rest) = host.split_once("://").unwrap_or(("http", host));
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if !matches!(scheme, "http" | "https") || authority.is_empty() {
@@ -669,6 +675,13 @@ mod tests {
         );
         assert_eq!(nodes("ftp://a", "5984").unwrap_err().var, "DB_HOST");
         assert_eq!(nodes(" , ", "5984").unwrap_err().var, "DB_HOST");
+        for host in [
+            "https://a/x,https://admin:hunter2@b",
+            "ftp://a,https://admin:hunter2@b",
+        ] {
+            let e = nodes(host, "5984").unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     #[test]
