@@ -88,6 +88,8 @@ pub struct Config {
     pub db_host: String,
     /// `DB_PORT`: CouchDB port (default 5984).
     pub db_port: u16,
+    /// The CouchDB nodes of `DB_HOST` as base URLs (`http://host:port`), in order.
+    pub db_nodes: Vec<String>,
     /// `DB_NAME`: database name, also the embedded file's name (default `bid_kpi`).
     pub db_name: String,
     /// `DB_USER`: CouchDB user (default `kpiggybank`).
@@ -167,7 +169,8 @@ const DB_HOST: Var = Var::new(
     "DB_HOST",
     "db-host",
     Some("127.0.0.1"),
-    "CouchDB host, address or http(s):// URL, without user or password",
+    "CouchDB host, address or http(s):// URL, without user or password; \
+     several nodes of one cluster comma-separated (a, b or http://a:5984,http://b:5984)",
 );
 const DB_PORT: Var = Var::new("DB_PORT", "db-port", Some("5984"), "CouchDB port");
 const DB_NAME: Var = Var::new(
@@ -498,10 +501,12 @@ fn read(v: &Values<'_>) -> Result<(Config, EnvFilter), ConfigError> {
             "a lowercase letter, then lowercase letters, digits or _$()+-",
         ));
     }
+    let db_port = v.at_least(&DB_PORT, 1, "a port number 1-65535")?;
     let config = Config {
         backend,
         db_host: db_host(v.value(&DB_HOST))?,
-        db_port: v.at_least(&DB_PORT, 1, "a port number 1-65535")?,
+        db_port,
+        db_nodes: db_nodes(v.value(&DB_HOST), db_port)?,
         db_name: db_name.to_string(),
         db_user: v.value(&DB_USER).to_string(),
         // Verbatim, as the original took it: spaces may belong to a password.
@@ -562,6 +567,50 @@ fn db_host(host: &str) -> Result<String, ConfigError> {
     Ok(host.to_string())
 }
 
+/// The base URLs of the nodes `DB_HOST` names: each entry a host (`http://`
+/// and `port` added), `host:port`, or a URL whose port defaults to `port`.
+fn db_nodes(hosts: &str, port: u16) -> Result<Vec<String>, ConfigError> {
+    let entries = || hosts.split(',').map(str::trim).filter(|h| !h.is_empty());
+    // Every node is checked for credentials before any message shows the
+    // value (`db_host` sees only the first one's authority).
+    for host in entries() {
+        db_host(host)?;
+    }
+    let mut nodes = Vec::new();
+    for host in entries() {
+        let (scheme, rest) = host.split_once("://").unwrap_or(("http", host));
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if !matches!(scheme, "http" | "https") || authority.is_empty() {
+            return Err(invalid(
+                &DB_HOST,
+                hosts,
+                "host names, addresses or http(s):// URLs, comma-separated",
+            ));
+        }
+        // `[::1]` has colons of its own: a port follows the closing bracket.
+        let has_port = authority.rsplit_once(':').is_some_and(|(h, p)| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && (!h.contains(':') || h.ends_with(']'))
+        });
+        let authority = if has_port {
+            authority.to_string()
+        } else {
+            format!("{authority}:{port}")
+        };
+        let path = path.trim_end_matches('/');
+        nodes.push(if path.is_empty() {
+            format!("{scheme}://{authority}")
+        } else {
+            format!("{scheme}://{authority}/{path}")
+        });
+    }
+    if nodes.is_empty() {
+        return Err(invalid(&DB_HOST, hosts, "at least one CouchDB host"));
+    }
+    Ok(nodes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -603,6 +652,36 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let c = Config::from_vars(&vars(&[("DB_HOST", "https://couch.example/base@x")])).unwrap();
         assert_eq!(c.db_host, "https://couch.example/base@x");
+    }
+
+    #[test]
+    fn db_host_names_one_node_or_several() {
+        let nodes = |host: &str, port: &str| {
+            Config::from_vars(&vars(&[("DB_HOST", host), ("DB_PORT", port)])).map(|c| c.db_nodes)
+        };
+        assert_eq!(nodes("", "5984").unwrap(), ["http://127.0.0.1:5984"]);
+        assert_eq!(nodes("couch", "6984").unwrap(), ["http://couch:6984"]);
+        assert_eq!(
+            nodes("https://couch.example/", "6984").unwrap(),
+            ["https://couch.example:6984"]
+        );
+        assert_eq!(
+            nodes("a, b:7000 ,", "5984").unwrap(),
+            ["http://a:5984", "http://b:7000"]
+        );
+        assert_eq!(
+            nodes("http://a:5984,https://b/couch,[::1]", "5985").unwrap(),
+            ["http://a:5984", "https://b:5985/couch", "http://[::1]:5985"]
+        );
+        assert_eq!(nodes("ftp://a", "5984").unwrap_err().var, "DB_HOST");
+        assert_eq!(nodes(" , ", "5984").unwrap_err().var, "DB_HOST");
+        for host in [
+            "https://a/x,https://admin:hunter2@b",
+            "ftp://a,https://admin:hunter2@b",
+        ] {
+            let e = nodes(host, "5984").unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     #[test]

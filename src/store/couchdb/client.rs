@@ -1,10 +1,14 @@
-//! The CouchDB HTTP client: one keep-alive connection pool, basic auth on every
-//! request, `Content-Type: application/json` on every request, and errors that
-//! never hold `DB_PASS` (credentials travel in a header, never in a URL).
+//! The CouchDB HTTP client: one keep-alive connection pool for the nodes of
+//! `DB_HOST` (requests go to one, and move to the next when it stops
+//! answering), a `_session` cookie per node (basic auth where a node has no
+//! sessions), `Content-Type: application/json` on every request, and errors
+//! that never hold `DB_PASS` or the cookie (both travel in headers, never in
+//! a URL, and no message prints a header).
 
 use std::borrow::Cow;
 use std::fmt;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -184,12 +188,69 @@ pub struct ChangesPage<'a> {
     pub last_seq: Option<serde_json::Value>,
 }
 
-/// The CouchDB server and database that `DB_*` name.
+/// CouchDB's default session lifetime is 600 s (`[chttpd_auth] timeout`):
+/// a cookie is renewed after half of it, so it never expires in use even
+/// when a request waits long in a queue.
+const SESSION_REFRESH: Duration = Duration::from_secs(300);
+
+/// The name of CouchDB's session cookie.
+const SESSION_COOKIE: &str = "AuthSession";
+
+/// A session cookie's `name=value`, never printed.
+#[derive(Clone, PartialEq, Eq)]
+struct Cookie(String);
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cookie(***)")
+    }
+}
+
+/// How requests to one node prove who we are.
+#[derive(Debug, Clone)]
+enum Session {
+    /// Not logged in yet (or the cookie was refused): log in first.
+    None,
+    /// A `_session` cookie and when it was issued.
+    Cookie(Cookie, Instant),
+    /// The node has no `_session`: basic auth on every request.
+    Basic,
+}
+
+/// The credentials one request carries.
+#[derive(Debug, Clone)]
+enum Auth {
+    Cookie(Cookie),
+    Basic,
+}
+
+/// One CouchDB node of `DB_HOST`.
+struct Node {
+    /// `http://host:port`, without credentials.
+    url: String,
+    session: tokio::sync::Mutex<Session>,
+}
+
+/// Which failures a request may be sent again to another node after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Any failure (connection, timeout, 5xx): repeating it changes nothing,
+    /// as for reads and for writes of documents with our own ids.
+    Idempotent,
+    /// Only a connection that never opened: the request was not sent, so
+    /// its outcome is known (deletions by revision, whose repeat would
+    /// read as "someone else deleted it").
+    Unsent,
+}
+
+/// The CouchDB nodes and database that `DB_*` name; requests go to the
+/// current node and move on to the next one when it stops answering.
 pub struct Couch {
     http: reqwest::Client,
     feed: reqwest::Client,
-    /// `http://host:port`, without credentials.
-    server: String,
+    nodes: Vec<Node>,
+    /// Index of the node requests go to.
+    current: AtomicUsize,
     db: String,
     /// The database path segment, percent-encoded.
     db_path: String,
@@ -199,7 +260,7 @@ pub struct Couch {
 
 impl fmt::Debug for Couch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Couch({}/{})", self.server, self.db)
+        write!(f, "Couch({})", self.describe())
     }
 }
 
@@ -234,6 +295,20 @@ fn network_reason(e: &reqwest::Error) -> String {
     reason
 }
 
+/// The `AuthSession` cookie an answer sets, as `name=value`.
+fn session_cookie(res: &reqwest::Response) -> Option<Cookie> {
+    res.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .find(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(name, value)| name.trim() == SESSION_COOKIE && !value.is_empty())
+        })
+        .map(|pair| Cookie(pair.trim().to_string()))
+}
+
 /// `error: reason` of a CouchDB error body, shortened.
 fn error_body(bytes: &[u8]) -> String {
     #[derive(Deserialize)]
@@ -251,14 +326,9 @@ fn error_body(bytes: &[u8]) -> String {
 }
 
 impl Couch {
-    /// A client for the server and database of `config`.
+    /// A client for the nodes and database of `config`.
     pub fn new(config: &Config) -> Result<Couch, CouchError> {
-        let host = config.db_host.trim_end_matches('/');
-        let server = if host.starts_with("http://") || host.starts_with("https://") {
-            format!("{host}:{}", config.db_port)
-        } else {
-            format!("http://{host}:{}", config.db_port)
-        };
+        let first = config.db_nodes.first().cloned().unwrap_or_default();
         let build = |timeout: Option<Duration>| {
             let mut b = crate::net::http_client_builder()
                 .connect_timeout(CONNECT_TIMEOUT)
@@ -268,7 +338,7 @@ impl Couch {
                 b = b.timeout(t);
             }
             b.build().map_err(|e| CouchError::Unreachable {
-                url: server.clone(),
+                url: first.clone(),
                 reason: format!("cannot build an HTTP client: {e}"),
             })
         };
@@ -276,43 +346,236 @@ impl Couch {
             http: build(Some(REQUEST_TIMEOUT))?,
             // The continuous feed never ends; the relay watches heartbeats instead.
             feed: build(None)?,
+            nodes: config
+                .db_nodes
+                .iter()
+                .map(|url| Node {
+                    url: url.clone(),
+                    session: tokio::sync::Mutex::new(Session::None),
+                })
+                .collect(),
+            current: AtomicUsize::new(0),
             db_path: encode_segment(&config.db_name),
             db: config.db_name.clone(),
-            server,
             user: config.db_user.clone(),
             pass: config.db_pass.clone(),
         })
     }
 
-    /// `http://host:port/db`, for messages.
+    /// `http://host:port/db` of the current node, for messages.
     pub fn describe(&self) -> String {
-        format!("{}/{}", self.server, self.db)
+        format!("{}/{}", self.nodes[self.current_node()].url, self.db)
     }
 
-    fn request(
+    /// The index of the node requests go to now.
+    pub fn current_node(&self) -> usize {
+        self.current.load(Ordering::Relaxed)
+    }
+
+    /// Moves requests from node `from` to the next one, unless another
+    /// request already moved them; a no-op with a single node.
+    pub fn fail_over(&self, from: usize) {
+        let n = self.nodes.len();
+        if n < 2 {
+            return;
+        }
+        let to = (from + 1) % n;
+        if self
+            .current
+            .compare_exchange(from, to, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(
+                "CouchDB node {} does not answer; going on with {}",
+                self.nodes[from].url,
+                self.nodes[to].url
+            );
+        }
+    }
+
+    fn unreachable(&self, node: usize, e: &reqwest::Error) -> CouchError {
+        CouchError::Unreachable {
+            url: self.nodes[node].url.clone(),
+            reason: network_reason(e),
+        }
+    }
+
+    fn unauthorized(&self, node: usize, status: StatusCode) -> CouchError {
+        CouchError::Unauthorized {
+            url: self.nodes[node].url.clone(),
+            user: self.user.clone(),
+            status,
+        }
+    }
+
+    /// The credentials for the next request to `node`, logging in first
+    /// when it has no fresh session: one login at a time per node, and the
+    /// requests waiting meanwhile use its cookie.
+    async fn auth(&self, node: usize) -> Result<Auth, CouchError> {
+        let mut session = self.nodes[node].session.lock().await;
+        match &*session {
+            Session::Basic => return Ok(Auth::Basic),
+            Session::Cookie(cookie, since) if since.elapsed() < SESSION_REFRESH => {
+                return Ok(Auth::Cookie(cookie.clone()));
+            }
+            _ => {}
+        }
+        *session = self.log_in(node).await?;
+        Ok(match &*session {
+            Session::Cookie(cookie, _) => Auth::Cookie(cookie.clone()),
+            _ => Auth::Basic,
+        })
+    }
+
+    /// `POST /_session`: CouchDB checks the password (a slow PBKDF2) once
+    /// and hands out a cookie that later requests carry instead.
+    async fn log_in(&self, node: usize) -> Result<Session, CouchError> {
+        let body = serde_json::json!({ "name": &self.user, "password": self.pass.expose() });
+        let res = self
+            .http
+            .post(format!("{}/_session", self.nodes[node].url))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| self.unreachable(node, &e))?;
+        let status = res.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            return Err(self.unauthorized(node, status));
+        }
+        if status.is_server_error() {
+            let bytes = res.bytes().await.unwrap_or_default();
+            return Err(CouchError::Status {
+                what: "POST /_session".into(),
+                status,
+                body: error_body(&bytes),
+            });
+        }
+        match session_cookie(&res) {
+            Some(cookie) if status.is_success() => Ok(Session::Cookie(cookie, Instant::now())),
+            _ => {
+                tracing::info!(
+                    "CouchDB node {} has no cookie sessions ({status}); using basic auth",
+                    self.nodes[node].url
+                );
+                Ok(Session::Basic)
+            }
+        }
+    }
+
+    /// Forgets `node`'s cookie after CouchDB refused it (expired, or the
+    /// node restarted with another secret), unless a newer one replaced it.
+    async fn drop_cookie(&self, node: usize, refused: &Cookie) {
+        let mut session = self.nodes[node].session.lock().await;
+        if matches!(&*session, Session::Cookie(c, _) if c == refused) {
+            *session = Session::None;
+        }
+    }
+
+    /// Keeps the renewed cookie CouchDB sends once a session is past half its life.
+    async fn renew_cookie(&self, node: usize, res: &reqwest::Response) {
+        if let Some(cookie) = session_cookie(res) {
+            *self.nodes[node].session.lock().await = Session::Cookie(cookie, Instant::now());
+        }
+    }
+
+    /// Sends one request to the current node, failing over to the next
+    /// ones as `retry` allows, and logging in again once on a 401.
+    async fn send(
         &self,
         client: &reqwest::Client,
         method: Method,
         path: &str,
         query: &[(&str, Cow<'_, str>)],
-    ) -> reqwest::RequestBuilder {
-        let url = if path.is_empty() {
-            format!("{}/{}", self.server, self.db_path)
-        } else {
-            format!("{}/{}/{path}", self.server, self.db_path)
-        };
-        client
-            .request(method, url)
-            .basic_auth(&self.user, Some(self.pass.expose()))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .query(query)
+        body: Option<bytes::Bytes>,
+        retry: Retry,
+    ) -> Result<reqwest::Response, CouchError> {
+        let mut last_error = None;
+        for _ in 0..self.nodes.len() {
+            let node = self.current_node();
+            match self
+                .send_to(client, node, &method, path, query, body.clone())
+                .await
+            {
+                Ok(res) if res.status().is_server_error() && retry == Retry::Idempotent => {
+                    if self.nodes.len() < 2 {
+                        return Ok(res);
+                    }
+                    tracing::debug!(
+                        "CouchDB node {} answered {}",
+                        self.nodes[node].url,
+                        res.status()
+                    );
+                    self.fail_over(node);
+                    last_error = Some(Ok(res));
+                }
+                Ok(res) => return Ok(res),
+                Err((e, sent)) => {
+                    let may_retry = match retry {
+                        Retry::Idempotent => matches!(e, CouchError::Unreachable { .. }),
+                        Retry::Unsent => !sent,
+                    };
+                    if !may_retry {
+                        return Err(e);
+                    }
+                    self.fail_over(node);
+                    last_error = Some(Err(e));
+                }
+            }
+        }
+        last_error.expect("DB_HOST names at least one node")
     }
 
-    fn unreachable(&self, e: &reqwest::Error) -> CouchError {
-        CouchError::Unreachable {
-            url: self.server.clone(),
-            reason: network_reason(e),
+    /// One request to `node`; an error says whether the request may have been sent.
+    async fn send_to(
+        &self,
+        client: &reqwest::Client,
+        node: usize,
+        method: &Method,
+        path: &str,
+        query: &[(&str, Cow<'_, str>)],
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, (CouchError, bool)> {
+        let url = if path.is_empty() {
+            format!("{}/{}", self.nodes[node].url, self.db_path)
+        } else {
+            format!("{}/{}/{path}", self.nodes[node].url, self.db_path)
+        };
+        let mut refreshed = false;
+        loop {
+            let auth = self.auth(node).await.map_err(|e| (e, false))?;
+            let mut req = client
+                .request(method.clone(), &url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::ACCEPT, "application/json")
+                .query(query);
+            req = match &auth {
+                Auth::Cookie(cookie) => req.header(reqwest::header::COOKIE, &cookie.0),
+                Auth::Basic => req.basic_auth(&self.user, Some(self.pass.expose())),
+            };
+            if let Some(body) = &body {
+                req = req.body(body.clone());
+            }
+            let res = req
+                .send()
+                .await
+                .map_err(|e| (self.unreachable(node, &e), !e.is_connect()))?;
+            let status = res.status();
+            match (&auth, status.as_u16()) {
+                // A refused cookie is renewed once; a refused renewal is the answer.
+                (Auth::Cookie(cookie), 401) if !refreshed => {
+                    self.drop_cookie(node, cookie).await;
+                    refreshed = true;
+                }
+                (_, 401 | 403) => return Err((self.unauthorized(node, status), true)),
+                _ => {
+                    if matches!(auth, Auth::Cookie(_)) {
+                        self.renew_cookie(node, &res).await;
+                    }
+                    return Ok(res);
+                }
+            }
         }
     }
 
@@ -324,20 +587,24 @@ impl Couch {
         query: &[(&str, Cow<'_, str>)],
         body: Option<String>,
     ) -> Result<(StatusCode, bytes::Bytes), CouchError> {
-        let mut req = self.request(&self.http, method, path, query);
-        if let Some(body) = body {
-            req = req.body(body);
-        }
-        let res = req.send().await.map_err(|e| self.unreachable(&e))?;
+        self.call_as(method, path, query, body, Retry::Idempotent)
+            .await
+    }
+
+    async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, Cow<'_, str>)],
+        body: Option<String>,
+        retry: Retry,
+    ) -> Result<(StatusCode, bytes::Bytes), CouchError> {
+        let node = self.current_node();
+        let res = self
+            .send(&self.http, method, path, query, body.map(Into::into), retry)
+            .await?;
         let status = res.status();
-        if matches!(status.as_u16(), 401 | 403) {
-            return Err(CouchError::Unauthorized {
-                url: self.server.clone(),
-                user: self.user.clone(),
-                status,
-            });
-        }
-        let bytes = res.bytes().await.map_err(|e| self.unreachable(&e))?;
+        let bytes = res.bytes().await.map_err(|e| self.unreachable(node, &e))?;
         Ok((status, bytes))
     }
 
@@ -539,9 +806,18 @@ impl Couch {
             .collect();
         let body = serde_json::json!({ "docs": docs }).to_string();
         let what = format!("POST /{}/_bulk_docs", self.db);
-        let bytes = self
-            .call_ok(Method::POST, "_bulk_docs", &[], Some(body), &[201, 202])
+        // Not repeated once sent: a repeat would meet our own deletions as
+        // conflicts, and the smash would not return blobs it took.
+        let (status, bytes) = self
+            .call_as(Method::POST, "_bulk_docs", &[], Some(body), Retry::Unsent)
             .await?;
+        if !matches!(status.as_u16(), 201 | 202) {
+            return Err(CouchError::Status {
+                what,
+                status,
+                body: error_body(&bytes),
+            });
+        }
         Couch::parse(&what, &bytes)
     }
 
@@ -628,20 +904,18 @@ impl Couch {
             ("since", Cow::Borrowed(since)),
         ];
         let res = self
-            .request(&self.feed, Method::GET, "_changes", &query)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+            .send(
+                &self.feed,
+                Method::GET,
+                "_changes",
+                &query,
+                None,
+                Retry::Idempotent,
+            )
+            .await?;
         let status = res.status();
         if status.is_success() {
             return Ok(res);
-        }
-        if matches!(status.as_u16(), 401 | 403) {
-            return Err(CouchError::Unauthorized {
-                url: self.server.clone(),
-                user: self.user.clone(),
-                status,
-            });
         }
         let bytes = res.bytes().await.unwrap_or_default();
         Err(CouchError::Status {
@@ -653,7 +927,7 @@ impl Couch {
 
     /// Maps a transport error of a streamed body, for the relay.
     pub fn stream_error(&self, e: &reqwest::Error) -> CouchError {
-        self.unreachable(e)
+        self.unreachable(self.current_node(), e)
     }
 }
 

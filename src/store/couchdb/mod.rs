@@ -17,6 +17,7 @@
 pub mod client;
 pub mod feed;
 pub mod forwarder;
+pub mod refresher;
 pub mod relay;
 pub mod rollup;
 pub mod spool;

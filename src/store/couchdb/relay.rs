@@ -13,11 +13,12 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
+use tokio::sync::Notify;
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 
-use super::Shared;
 use super::client::{ChangeLine, CouchError, blob_doc};
+use super::{Shared, refresher};
 use crate::backoff::Backoff;
 use crate::feed::{Change, FeedSender, Seq};
 use crate::recent_ids::RecentIds;
@@ -106,15 +107,40 @@ enum FeedEnd {
     Reported(String),
 }
 
-/// Relays the feed after `since` (`None`: from the start) forever.
+/// Relays the feed after `since` (`None`: from the start) forever, and
+/// wakes the [`refresher`] whenever blobs arrive; both stop with this task.
 pub async fn run(shared: Arc<Shared>, feed: FeedSender, since: Option<Seq>) {
+    let views_behind = Notify::new();
+    tokio::join!(
+        relay(&shared, &feed, since, &views_behind),
+        refresher::run(&shared.couch, &views_behind)
+    );
+}
+
+async fn relay(shared: &Shared, feed: &FeedSender, since: Option<Seq>, views_behind: &Notify) {
     let mut since = since.map(|s| s.0).unwrap_or_else(|| Value::from(0));
     let mut relayed = RecentIds::new(RELAYED_IDS);
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
-        match follow(&shared, &feed, &mut since, &mut relayed, &mut backoff).await {
+        let node = shared.couch.current_node();
+        match follow(
+            shared,
+            feed,
+            &mut since,
+            &mut relayed,
+            &mut backoff,
+            views_behind,
+        )
+        .await
+        {
             Ok(()) => tracing::debug!("the CouchDB feed ended at last_seq {since}; reconnecting"),
             Err(e) => {
+                // A feed gone silent or cut says its node is away: resume
+                // from the same seq on the next one (a cluster accepts
+                // another node's seq; the repeats it may send are dropped).
+                if matches!(e, FeedEnd::Silent(_) | FeedEnd::Cut(_)) {
+                    shared.couch.fail_over(node);
+                }
                 let wait = backoff.next_delay();
                 tracing::warn!(
                     "CouchDB change feed interrupted ({e}); reconnecting from seq {since} in {wait:?}"
@@ -132,6 +158,7 @@ async fn follow(
     since: &mut Value,
     relayed: &mut RecentIds,
     backoff: &mut Backoff,
+    views_behind: &Notify,
 ) -> Result<(), FeedEnd> {
     // A database that was deleted (and maybe re-created) has a new epoch:
     // its seqs start over, so resuming from our old seq would skip changes.
@@ -193,6 +220,9 @@ async fn follow(
             }
         }
         // Send what was read before any break, then move `since` past it.
+        if !changes.is_empty() {
+            views_behind.notify_one();
+        }
         feed.changes(changes);
         if let Some(seq) = last {
             *since = seq;

@@ -25,7 +25,7 @@ pub const DESIGN_DOC: &str = "_design/kpiggybank";
 pub const DESIGN_VERSION: u64 = 1;
 
 /// The view's path.
-const VIEW: &str = "_design/kpiggybank/_view/rollup";
+pub const VIEW: &str = "_design/kpiggybank/_view/rollup";
 
 /// The design document: keys `[minute, dim, value, second of the minute]`,
 /// `dim` 0 = count, 1..=5 = browser, os, language, email_type, account,
