@@ -2,7 +2,8 @@
 //! of the hub: writes are published to subscribers, but nothing is kept, so a
 //! subscriber that falls out of the hub's ring cannot be caught up.
 
-use std::cmp;
+mod feed;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -11,9 +12,7 @@ use parking_lot::Mutex;
 
 use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
 use crate::blob::{Blob, Doc};
-use crate::feed::{
-    Change, ChangeFeed, FeedError, FeedSender, Seq, check_int_since, int_order, new_epoch,
-};
+use crate::feed::{Change, FeedSender, Seq, new_epoch};
 use crate::sample::login_sequence;
 
 /// Sample blobs a range read returns when it names no limit.
@@ -112,28 +111,5 @@ impl BlobStore for DummyStore {
 
     async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
         Ok(self.range_page(query, None, usize::MAX).await?.docs)
-    }
-}
-
-#[async_trait]
-impl ChangeFeed for DummyStore {
-    fn epoch(&self) -> Arc<str> {
-        self.epoch.clone()
-    }
-
-    fn order(&self, a: Option<&Seq>, b: &Seq) -> Option<cmp::Ordering> {
-        int_order(a, b)
-    }
-
-    async fn check_since(&self, since: &Seq) -> Result<(), FeedError> {
-        check_int_since(since, self.newest_seq().as_ref())
-    }
-
-    async fn changes_since(&self, _: Option<&Seq>, _: usize) -> Result<Vec<Change>, FeedError> {
-        Ok(Vec::new())
-    }
-
-    async fn replay_start(&self, _: usize) -> Result<Option<Seq>, FeedError> {
-        Ok(None)
     }
 }
