@@ -15,6 +15,7 @@
 //!   Reads (range, count, last) show only what CouchDB holds.
 //! - Smash: a hand-over bounded to the ids stored when it began ([`smash`]).
 
+mod bulk;
 pub mod client;
 pub mod feed;
 pub mod forwarder;
@@ -179,16 +180,19 @@ impl CouchStore {
         let mut to_spool = Vec::new();
         let mut offset = 0;
         for chunk in blobs.chunks(BULK_MAX) {
-            match self.shared.couch.bulk_docs(&Couch::bulk_pairs(chunk)).await {
-                Ok(answers) => {
-                    for (i, answer) in answers.iter().enumerate() {
-                        match answer.outcome() {
+            // A chunk CouchDB refuses whole for one blob in it is split to
+            // find that blob: spooled, it would be retried forever, and
+            // every later blob would queue behind it.
+            match bulk::write(&self.shared.couch, &Couch::bulk_pairs(chunk)).await {
+                Ok(outcomes) => {
+                    for (i, outcome) in outcomes.into_iter().enumerate() {
+                        match outcome {
                             DocOutcome::Stored => {}
                             DocOutcome::Retry(_) => to_spool.push(offset + i),
                             DocOutcome::Refused(reason) => {
                                 results[offset + i] = Err(StoreError::Refused(format!(
                                     "CouchDB refused blob {}: {reason}",
-                                    answer.id
+                                    chunk[i].id
                                 )));
                             }
                         }
