@@ -120,6 +120,12 @@ pub trait BlobStore: Send + Sync + 'static {
         smash.finish().await?;
         Ok(docs)
     }
+
+    /// What waits to reach the store, for backends that keep a local spool
+    /// (CouchDB); `None` for the others.
+    fn backlog(&self) -> Option<Backlog> {
+        None
+    }
 }
 
 /// Blobs taken per step of a smash: one short write each (a transaction, a
@@ -145,6 +151,15 @@ pub trait Smash: Send {
 
     /// Every taken blob was handed over: removes them for good.
     async fn finish(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Blobs a spooling store has acknowledged but not yet written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Waiting in the spool to be forwarded.
+    pub spooled: u64,
+    /// Refused for good by the store, kept aside until retried.
+    pub rejected: u64,
 }
 
 /// An opened backend: its blobs, its feed, and how to drive its writes.

@@ -69,8 +69,9 @@ pub async fn run(
                         stored.push(entry.seq);
                     }
                     DocOutcome::Retry(_) => retry += 1,
-                    // Moved aside, so the blobs behind it flow; kept, since
-                    // it was acknowledged.
+                    // Moved aside, so the blobs behind it flow: kept (it
+                    // was acknowledged), counted in the stats, and sent
+                    // again when the node next starts.
                     DocOutcome::Refused(reason) => {
                         tracing::warn!(
                             id = %entry.id,

@@ -35,7 +35,7 @@ use tokio::task::AbortHandle;
 
 use self::client::{Couch, CouchError, DocOutcome, blob_doc};
 use self::spool::Spool;
-use super::{BlobStore, Page, RangeCursor, RangeQuery, Smash, StoreError};
+use super::{Backlog, BlobStore, Page, RangeCursor, RangeQuery, Smash, StoreError};
 use crate::blob::{Blob, Doc};
 use crate::config::Config;
 use crate::feed::{FeedSender, Seq};
@@ -130,6 +130,16 @@ impl CouchStore {
             .data_dir
             .join(format!("{}.couchdb-spool.sqlite3", config.db_name));
         let spool = Spool::open(&spool_path).await?;
+        // Blobs CouchDB refused for good were acknowledged: each start tries
+        // them again, in case what refused them (a validation function, a
+        // size limit) was changed meanwhile. Refused again, they move aside again.
+        let retried = spool.retry_rejected().await?;
+        if retried > 0 {
+            tracing::warn!(
+                "{retried} blobs CouchDB refused before are sent to it again from the spool {}",
+                spool.path().display()
+            );
+        }
         let shared = Arc::new(Shared {
             couch,
             epoch: ArcSwap::from_pointee(Arc::from(epoch)),
@@ -394,5 +404,12 @@ impl BlobStore for CouchStore {
         )
         .await?;
         Ok(Box::new(smash))
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        Some(Backlog {
+            spooled: self.spool.len(),
+            rejected: self.spool.rejected(),
+        })
     }
 }

@@ -95,6 +95,8 @@ struct Inner {
     conn: Mutex<Connection>,
     /// Entries waiting; read on every write, so kept in memory.
     len: AtomicU64,
+    /// Rows of `rejected`, for the stats.
+    rejected: AtomicU64,
 }
 
 fn sql(e: rusqlite::Error) -> StoreError {
@@ -131,14 +133,19 @@ impl Spool {
                     path.display()
                 );
             }
-            let len: i64 = conn
-                .query_row("SELECT count(*) FROM spool", [], |r| r.get(0))
+            let (len, rejected): (i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT count(*) FROM spool), (SELECT count(*) FROM rejected)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .map_err(sql)?;
             Ok(Spool {
                 inner: Arc::new(Inner {
                     path,
                     conn: Mutex::new(conn),
                     len: AtomicU64::new(len as u64),
+                    rejected: AtomicU64::new(rejected as u64),
                 }),
             })
         })
@@ -159,6 +166,11 @@ impl Spool {
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Blobs CouchDB refused for good, kept in the `rejected` table.
+    pub fn rejected(&self) -> u64 {
+        self.inner.rejected.load(Ordering::Acquire)
     }
 
     async fn with<T: Send + 'static>(
@@ -239,7 +251,29 @@ impl Spool {
             inner
                 .len
                 .fetch_sub((stored.len() + rejected.len()) as u64, Ordering::AcqRel);
+            inner
+                .rejected
+                .fetch_add(rejected.len() as u64, Ordering::AcqRel);
             Ok(())
+        })
+        .await
+    }
+
+    /// Moves every rejected blob back to the spool's tail, to be forwarded
+    /// again (once whatever refused it was fixed); how many.
+    pub async fn retry_rejected(&self) -> Result<u64, StoreError> {
+        self.with(|conn, inner| {
+            let tx = conn.transaction().map_err(sql)?;
+            tx.execute(
+                "INSERT INTO spool (id, doc) SELECT id, doc FROM rejected ORDER BY rowid",
+                [],
+            )
+            .map_err(sql)?;
+            let moved = tx.execute("DELETE FROM rejected", []).map_err(sql)? as u64;
+            tx.commit().map_err(sql)?;
+            inner.rejected.fetch_sub(moved, Ordering::AcqRel);
+            inner.len.fetch_add(moved, Ordering::AcqRel);
+            Ok(moved)
         })
         .await
     }
