@@ -27,7 +27,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
-use super::client::{ChangesPage, Couch, CouchError, blob_doc};
+use super::client::{BulkResult, ChangesPage, Couch, CouchError, blob_doc};
 use super::relay::since_param;
 use super::spool::Spool;
 use super::{Shared, unavailable};
@@ -297,16 +297,33 @@ impl CouchSmash {
             .iter()
             .map(|(id, rev, _)| (id.clone(), rev.clone()))
             .collect();
-        let answers = match self.shared.couch.bulk_delete(&pairs).await {
-            Ok(answers) => answers,
-            Err(e) => {
-                // Unknown outcome: CouchDB may have deleted them. Written
-                // back, they are either stored again or, still there, meet a
-                // conflict that counts as stored.
+        let answered = self.shared.couch.bulk_delete(&pairs).await;
+        // One answer per document, in order, or the outcome is unknown.
+        let fits = |answers: &[BulkResult]| {
+            answers.len() == pairs.len()
+                && answers
+                    .iter()
+                    .zip(&pairs)
+                    .all(|(a, (id, _))| a.id.is_empty() || a.id == *id)
+        };
+        let answers = match answered {
+            Ok(answers) if fits(&answers) => answers,
+            unknown => {
+                // CouchDB may have deleted them. Written back, they are
+                // either stored again or, still there, meet a conflict that
+                // counts as stored.
+                let e = match unknown {
+                    Err(e) => unavailable(e),
+                    Ok(answers) => StoreError::Unavailable(format!(
+                        "CouchDB answered the deletion of {} blobs with {} results that do not match",
+                        pairs.len(),
+                        answers.len()
+                    )),
+                };
                 let ids = pairs.into_iter().map(|(id, _)| id).collect();
                 self.spool.give_back(self.id, Some(ids)).await?;
                 self.wake.notify_one();
-                return Err(unavailable(e));
+                return Err(e);
             }
         };
         let mut taken = Vec::with_capacity(candidates.len());
