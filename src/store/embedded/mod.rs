@@ -51,11 +51,12 @@ const SCHEMA: &str = "
 ";
 
 /// Puts back every blob that smash `smash` holds (all of them when `None`);
-/// how many.
+/// how many, and their bytes (UTF-8, as `used` counts them).
 fn give_back(tx: &rusqlite::Transaction<'_>, smash: Option<u64>) -> rusqlite::Result<(u64, u64)> {
     let which = smash.map(|s| s as i64).unwrap_or(-1);
     let (n, bytes): (i64, i64) = tx.query_row(
-        "SELECT count(*), coalesce(sum(length(doc)), 0) FROM smash_held WHERE ?1 < 0 OR smash = ?1",
+        "SELECT count(*), coalesce(sum(length(CAST(doc AS BLOB))), 0) FROM smash_held \
+         WHERE ?1 < 0 OR smash = ?1",
         [which],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
