@@ -24,8 +24,9 @@ const TOKEN: &str = "smash-guarantee-token-9c2e";
 const PAD: usize = 1_000;
 
 /// How long a given-back smash may take to be stored again (CouchDB: the
-/// spool's forwarder writes the blobs back).
-const SETTLE: Duration = Duration::from_secs(60);
+/// spool's forwarder writes the blobs back, and pouchdb-server's views
+/// index them, which takes long when several tests load it at once).
+const SETTLE: Duration = Duration::from_secs(120);
 
 fn blob(ts: i64, pad: usize) -> Value {
     json!({"timestamp": ts, "i": ts, "pad": "x".repeat(pad)})
@@ -336,8 +337,16 @@ async fn concurrent_smashes_with_quitters_share_nothing_and_lose_nothing(server:
         }
     }
     let want = (all.len() - returned.len()) as u64;
-    assert_eq!(settle(server, want).await, want);
+    let stored = settle(server, want).await;
     let kept = stored_ids(server).await;
+    assert_eq!(
+        stored,
+        want,
+        "{} returned, {} kept of {}",
+        returned.len(),
+        kept.len(),
+        all.len()
+    );
     assert!(returned.is_disjoint(&kept), "a blob both returned and kept");
     let union: HashSet<String> = returned.union(&kept).cloned().collect();
     assert_eq!(union, all, "returned ∪ kept = everything stored");
