@@ -74,8 +74,6 @@ pub async fn run(
                     // again when the node next starts.
                     DocOutcome::Refused(reason) => {
                         tracing::warn!(
-                            id = %entry.id,
-                            %reason,
                             "CouchDB refused spooled blob {}: {reason}; moved to the `rejected` table of the spool {}",
                             entry.id,
                             spool.path().display()
