@@ -176,6 +176,21 @@ async fn a_client_that_hangs_up_after_a_few_bytes_loses_nothing(server: &Server,
     assert_eq!(kept, all);
 }
 
+/// The whole answer is small enough for the network buffers: the server
+/// has written all of it when the client, having read a first chunk, hangs
+/// up. The blobs are stored again.
+async fn a_client_that_hangs_up_on_a_complete_answer_loses_nothing(server: &Server) {
+    let all = store_range(server, 0..2_000, 10).await;
+    let mut res = smash_request(server, &http(), "").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    res.chunk().await.unwrap().expect("a first chunk");
+    // Every page is taken: the rest of the answer is in the buffers.
+    assert_eq!(settle(server, 0).await, 0);
+    drop(res);
+    assert_eq!(settle(server, all.len() as u64).await, all.len() as u64);
+    assert_eq!(stored_ids(server).await, all);
+}
+
 /// The server is killed (SIGKILL) while a client reads a smash slowly:
 /// started again on the same data, it has every blob.
 async fn a_smash_cut_by_kill_9_loses_nothing(
@@ -404,6 +419,12 @@ async fn embedded_a_client_that_hangs_up_after_a_few_bytes_loses_nothing() {
 }
 
 #[tokio::test]
+async fn embedded_a_client_that_hangs_up_on_a_complete_answer_loses_nothing() {
+    let (server, _dir) = embedded();
+    a_client_that_hangs_up_on_a_complete_answer_loses_nothing(&server).await;
+}
+
+#[tokio::test]
 async fn embedded_a_smash_cut_by_kill_9_loses_nothing() {
     let (server, dir) = embedded();
     a_smash_cut_by_kill_9_loses_nothing(server, dir.path(), COMMON, 20_000).await;
@@ -432,6 +453,12 @@ async fn couchdb_clients_that_time_out_lose_nothing() {
 async fn couchdb_a_client_that_hangs_up_after_a_few_bytes_loses_nothing() {
     let (server, _dir, _pouch) = couch_node();
     a_client_that_hangs_up_after_a_few_bytes_loses_nothing(&server, 3_000).await;
+}
+
+#[tokio::test]
+async fn couchdb_a_client_that_hangs_up_on_a_complete_answer_loses_nothing() {
+    let (server, _dir, _pouch) = couch_node();
+    a_client_that_hangs_up_on_a_complete_answer_loses_nothing(&server).await;
 }
 
 #[tokio::test]

@@ -4,11 +4,13 @@
 //! A smash is a hand-over ([`crate::store::Smash`]): the answer streams page
 //! by page, each page taken out of the store just before it is written, and
 //! the taken blobs are removed for good only after the connection accepted
-//! the whole answer. A client that goes away before that (a timeout, a
-//! crash, a dropped connection) drops the answer, and every blob it took is
-//! stored again: a smash hands over what it removes, or removes nothing.
+//! the whole answer and a short linger passed without the client leaving.
+//! A client that goes away before that (a timeout, a crash, a dropped
+//! connection) drops the answer, and every blob it took is stored again: a
+//! smash hands over what it removes, or removes nothing.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
@@ -21,6 +23,14 @@ use super::params::range_query;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::Smash;
+
+/// How long a smash holds back the end of a complete answer before it
+/// removes the blobs for good: time for the client to read what network
+/// buffers still hold (a few MB, at most a fraction of a second for a
+/// client that reads at all), during which its going away gives the blobs
+/// back. Every smash answer ends this much later; shorter than the
+/// shutdown grace, so a stop does not cut it.
+const SMASH_LINGER: Duration = Duration::from_secs(1);
 
 /// Removes and returns the blobs in range.
 pub async fn smash(
@@ -106,6 +116,12 @@ impl Handover {
                 Some((Ok(chunk(lead, &docs).freeze()), self))
             }
             Step::Finish => {
+                // The connection accepted the answer, but its last bytes may
+                // still sit unread in network buffers. Holding the end back
+                // a moment lets a client that gives up now be noticed (the
+                // connection closes, this stream is dropped, the blobs go
+                // back) instead of losing a smash it never read.
+                tokio::time::sleep(SMASH_LINGER).await;
                 let smash = self.smash.take()?;
                 match smash.finish().await {
                     Ok(()) => tracing::info!(blobs = self.sent, "smashed"),
