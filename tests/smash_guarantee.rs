@@ -103,10 +103,9 @@ const SLOW_READ: Duration = Duration::from_millis(50);
 /// each of `give_ups` ms: each gives up while the server still takes or
 /// writes pages, and every blob is stored again.
 ///
-/// Far from the end, on purpose: a client that gives up while only the
-/// tail of a complete answer is in flight (the last MBs, in the network
-/// buffers) loses that smash, which no single HTTP answer can prevent
-/// (see README).
+/// Far from the end, on purpose: a client that gives up more than a
+/// second after the server wrote the whole answer, not having read it all,
+/// loses that smash, which no single HTTP answer can prevent (see README).
 async fn clients_that_time_out_lose_nothing(server: &Server, n: i64, give_ups: &[u64]) {
     let all = store_range(server, 0..n, PAD).await;
     let impatient = reqwest::Client::builder()
