@@ -281,7 +281,10 @@ mod tests {
             unreachable!("the batcher only writes")
         }
 
-        async fn smash(&self, _: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
+        async fn begin_smash(
+            &self,
+            _: &RangeQuery,
+        ) -> Result<Box<dyn crate::store::Smash>, StoreError> {
             unreachable!("the batcher only writes")
         }
     }

@@ -44,7 +44,7 @@ async fn not_found(method: axum::http::Method, uri: Uri) -> ApiError {
 }
 
 async fn stats(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    Ok(axum::Json(serde_json::json!({
+    let mut stats = serde_json::json!({
         "backend": state.config.backend.name(),
         "epoch": &*state.hub.epoch(),
         "count": state.store.count().await?,
@@ -54,5 +54,12 @@ async fn stats(State(state): State<AppState>) -> Result<axum::Json<serde_json::V
         "refused_connections": state.registry.refused(),
         "closed_too_slow": state.registry.closed_too_slow(),
         "catch_ups": state.hub.catch_ups(),
-    })))
+    });
+    // Only a store with a spool (CouchDB) has blobs acknowledged but not yet
+    // in it: waiting to be forwarded, or refused and kept aside.
+    if let Some(backlog) = state.store.backlog() {
+        stats["spooled"] = backlog.spooled.into();
+        stats["rejected"] = backlog.rejected.into();
+    }
+    Ok(axum::Json(stats))
 }

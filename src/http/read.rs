@@ -169,8 +169,11 @@ mod tests {
         async fn count(&self) -> Result<u64, StoreError> {
             Ok(1)
         }
-        async fn smash(&self, _: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
-            Ok(Vec::new())
+        async fn begin_smash(
+            &self,
+            _: &RangeQuery,
+        ) -> Result<Box<dyn crate::store::Smash>, StoreError> {
+            Err(StoreError::Unavailable("no smash here".into()))
         }
     }
 

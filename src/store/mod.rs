@@ -133,9 +133,32 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(self.range_page(&query, None, 1).await?.docs.pop())
     }
 
-    /// Removes and returns the blobs in range, atomically: no blob is both
-    /// returned and kept, and two smashes never return the same blob.
-    async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError>;
+    /// Begins a smash of the blobs in range, as the store holds them now:
+    /// blobs stored after this call are never part of it. See [`Smash`].
+    async fn begin_smash(&self, query: &RangeQuery) -> Result<Box<dyn Smash>, StoreError>;
+
+    /// A whole smash in memory, for tests: every blob in range, removed for
+    /// good only once all of them were taken; on an error nothing is removed.
+    #[cfg(test)]
+    async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
+        let mut smash = self.begin_smash(query).await?;
+        let mut docs = Vec::new();
+        loop {
+            let page = smash.take().await?;
+            if page.is_empty() {
+                break;
+            }
+            docs.extend(page);
+        }
+        smash.finish().await?;
+        Ok(docs)
+    }
+
+    /// What waits to reach the store, for backends that keep a local spool
+    /// (CouchDB); `None` for the others.
+    fn backlog(&self) -> Option<Backlog> {
+        None
+    }
 
     /// The KPIs of a window, by bucket. This default reads the window's
     /// blobs page by page (memory, dummy); stores that can aggregate where
@@ -179,6 +202,40 @@ pub trait BlobStore: Send + Sync + 'static {
             buckets: buckets.into_iter().collect(),
         })
     }
+}
+
+/// Blobs taken per step of a smash: one short write each (a transaction, a
+/// `_bulk_docs`), so writers wait at most for one page, never for a whole
+/// smash, and an answer streams instead of being held in memory.
+pub const SMASH_PAGE: usize = 500;
+
+/// A smash under way: the destructive read as a hand-over.
+///
+/// [`Smash::take`] takes the next page out of the store: from then on no
+/// read and no other smash sees those blobs, but they are only *held*, not
+/// gone. [`Smash::finish`], called once every page was handed to the client,
+/// removes them for good. Dropped unfinished (the client went away, the
+/// answer failed), a smash gives every held blob back to the store; a
+/// durable store also gives back, when it opens, what a smash held when the
+/// process died. So a smash hands over what it removes, or removes nothing.
+#[async_trait]
+pub trait Smash: Send {
+    /// Takes the next page, at most [`SMASH_PAGE`] blobs in the query's
+    /// order; empty once the range, as it stood when the smash began, is
+    /// exhausted. After an error nothing more of that page is held.
+    async fn take(&mut self) -> Result<Vec<Doc>, StoreError>;
+
+    /// Every taken blob was handed over: removes them for good.
+    async fn finish(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// Blobs a spooling store has acknowledged but not yet written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Waiting in the spool to be forwarded.
+    pub spooled: u64,
+    /// Refused for good by the store, kept aside until retried.
+    pub rejected: u64,
 }
 
 /// The window a rollup covers: as asked, or from the oldest to the newest
@@ -266,4 +323,54 @@ pub async fn open(config: &Config) -> Result<Opened, StoreError> {
             Opened::new(Arc::new(store), events, start, couchdb::BULK_IN_FLIGHT)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blobs(timestamps: std::ops::Range<i64>) -> Vec<Blob> {
+        let list: Vec<String> = timestamps
+            .map(|t| format!("{{\"timestamp\":{t}}}"))
+            .collect();
+        crate::blob::parse_json_body(&format!("[{}]", list.join(","))).unwrap()
+    }
+
+    async fn take_all(smash: &mut Box<dyn Smash>) -> usize {
+        let mut n = 0;
+        loop {
+            let page = smash.take().await.unwrap();
+            if page.is_empty() {
+                return n;
+            }
+            assert!(page.len() <= SMASH_PAGE);
+            n += page.len();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_smash_hands_over_what_it_removes_or_gives_it_back() {
+        let (tx, _events) = feed::channel();
+        let store = memory::MemoryStore::new(tx);
+        store.write(blobs(0..1_200)).await;
+        let all = RangeQuery::default();
+
+        // Dropped unfinished: every blob it took is stored again.
+        let mut smash = store.begin_smash(&all).await.unwrap();
+        assert_eq!(smash.take().await.unwrap().len(), SMASH_PAGE);
+        assert_eq!(store.count().await.unwrap(), 1_200 - SMASH_PAGE as u64);
+        drop(smash);
+        assert_eq!(store.count().await.unwrap(), 1_200);
+
+        // Bounded to what was stored when it began; finished, it removes.
+        let mut smash = store.begin_smash(&all).await.unwrap();
+        store.write(blobs(0..10)).await;
+        assert_eq!(take_all(&mut smash).await, 1_200);
+        smash.finish().await.unwrap();
+        assert_eq!(store.count().await.unwrap(), 10);
+
+        // The whole smash at once.
+        assert_eq!(store.smash(&all).await.unwrap().len(), 10);
+        assert_eq!(store.count().await.unwrap(), 0);
+    }
 }

@@ -1,14 +1,15 @@
 //! A real CouchDB for the tests: pouchdb-server from `KPIGGYBANK_POUCHDB_SERVER`
 //! (installed by `scripts/test`), on a free loopback port, killed when dropped.
 //! Plus a small rewriting proxy for what pouchdb-server cannot produce: opaque
-//! string seqs (CouchDB 3), a feed that ends with `last_seq`, a line cut short.
+//! string seqs (CouchDB 3), a feed that ends with `last_seq`, a line cut short,
+//! a `_bulk_docs` refused whole, writes that fail, a feed line over any limit.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The admin kpiggybank logs in as (CouchDB 3 has no "admin party").
@@ -208,11 +209,26 @@ pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-/// A proxy in front of pouchdb-server that speaks like CouchDB 3 where
-/// pouchdb-server cannot: seqs become opaque strings (`"7-g1AAfake"`, and back
-/// in `since`); every continuous feed ends after a few changes, alternately
-/// with a `last_seq` line (as CouchDB's timeout does) and with a line cut in
-/// the middle (as a dropped connection does).
+/// What a [`CouchDb3Proxy`] adds to pouchdb-server's answers.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// CouchDB 3's dialect: seqs become opaque strings (`"7-g1AAfake"`, and
+    /// back in `since`); every continuous feed ends after a few changes,
+    /// alternately with a `last_seq` line (as CouchDB's timeout does) and
+    /// with a line cut in the middle (as a dropped connection does).
+    pub couchdb3: bool,
+    /// Refuse whole, while [`CouchDb3Proxy::refusing`] is set, any
+    /// `_bulk_docs` whose body holds this string, as CouchDB 3 refuses a
+    /// batch with one document its JSON parser rejects: 400
+    /// `{"error":"bad_request","reason":"invalid UTF-8 JSON"}`.
+    pub refuse_marker: Option<String>,
+    /// Send, in each continuous `_changes` feed, one line of this many
+    /// bytes before the first change.
+    pub long_line: Option<usize>,
+}
+
+/// A proxy in front of pouchdb-server for what it cannot produce (see
+/// [`Faults`]); everything else is pouchdb-server's own answer.
 pub struct CouchDb3Proxy {
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -220,6 +236,15 @@ pub struct CouchDb3Proxy {
     pub last_seq_ends: Arc<AtomicUsize>,
     /// Feeds cut mid-line.
     pub cuts: Arc<AtomicUsize>,
+    /// `_bulk_docs` refused for holding the marker.
+    pub refused: Arc<AtomicUsize>,
+    /// Over-long feed lines sent.
+    pub long_lines: Arc<AtomicUsize>,
+    /// While true (from the start), bodies holding the marker are refused.
+    pub refusing: Arc<AtomicBool>,
+    /// While true, every `_bulk_docs` is answered 503, as by a CouchDB that
+    /// cannot take writes now.
+    pub writes_down: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -250,9 +275,38 @@ fn rewrite_seqs(v: &mut serde_json::Value) {
     }
 }
 
+/// A JSON-looking feed line of `len` bytes, newline included.
+fn long_line(len: usize) -> String {
+    let head = r#"{"seq":0,"id":"far-too-long","pad":""#;
+    let tail = "\"}\n";
+    let pad = len.saturating_sub(head.len() + tail.len());
+    format!("{head}{}{tail}", "x".repeat(pad))
+}
+
+fn json_answer(
+    status: u16,
+    body: impl Into<axum::body::Body>,
+) -> axum::http::Response<axum::body::Body> {
+    axum::http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap()
+}
+
 impl CouchDb3Proxy {
-    /// Starts the proxy in front of `upstream` (`http://127.0.0.1:port`).
+    /// Starts the proxy in front of `upstream` (`http://127.0.0.1:port`),
+    /// speaking CouchDB 3's dialect.
     pub async fn start(upstream: String) -> CouchDb3Proxy {
+        let faults = Faults {
+            couchdb3: true,
+            ..Faults::default()
+        };
+        CouchDb3Proxy::with_faults(upstream, faults).await
+    }
+
+    /// Starts the proxy in front of `upstream` with `faults`.
+    pub async fn with_faults(upstream: String, faults: Faults) -> CouchDb3Proxy {
         use axum::body::Body;
         use axum::extract::Request;
         use futures::StreamExt;
@@ -264,13 +318,25 @@ impl CouchDb3Proxy {
         let port = listener.local_addr().unwrap().port();
         let last_seq_ends = Arc::new(AtomicUsize::new(0));
         let cuts = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let long_lines = Arc::new(AtomicUsize::new(0));
+        let refusing = Arc::new(AtomicBool::new(true));
+        let writes_down = Arc::new(AtomicBool::new(false));
         let feeds = Arc::new(AtomicUsize::new(0));
         super::install_crypto();
         let client = super::http();
-        let (ends, cut_count) = (last_seq_ends.clone(), cuts.clone());
+        let counters = (
+            last_seq_ends.clone(),
+            cuts.clone(),
+            refused.clone(),
+            long_lines.clone(),
+        );
+        let switches = (refusing.clone(), writes_down.clone());
         let handler = move |req: Request| {
-            let (client, upstream) = (client.clone(), upstream.clone());
-            let (ends, cut_count, feeds) = (ends.clone(), cut_count.clone(), feeds.clone());
+            let (client, upstream, faults) = (client.clone(), upstream.clone(), faults.clone());
+            let (ends, cut_count, refused, long_lines) = counters.clone();
+            let (refusing, writes_down) = switches.clone();
+            let feeds = feeds.clone();
             async move {
                 let (parts, body) = req.into_parts();
                 let path = parts.uri.path().to_string();
@@ -278,7 +344,7 @@ impl CouchDb3Proxy {
                     form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
                         .map(|(k, v)| {
                             // Opaque seqs back to pouchdb-server's integers.
-                            let v = if k == "since" {
+                            let v = if k == "since" && faults.couchdb3 {
                                 v.split('-').next().unwrap_or("0").to_string()
                             } else {
                                 v.into_owned()
@@ -287,6 +353,22 @@ impl CouchDb3Proxy {
                         })
                         .collect();
                 let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+                if parts.method == "POST" && path.ends_with("/_bulk_docs") {
+                    if writes_down.load(Ordering::SeqCst) {
+                        let answer =
+                            r#"{"error":"unavailable","reason":"writes are down (test proxy)"}"#;
+                        return json_answer(503, answer);
+                    }
+                    let marked = faults
+                        .refuse_marker
+                        .as_ref()
+                        .is_some_and(|m| body.windows(m.len()).any(|w| w == m.as_bytes()));
+                    if marked && refusing.load(Ordering::SeqCst) {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                        let answer = r#"{"error":"bad_request","reason":"invalid UTF-8 JSON"}"#;
+                        return json_answer(400, answer);
+                    }
+                }
                 let mut up = client
                     .request(parts.method.clone(), format!("{upstream}{path}"))
                     .query(&query)
@@ -298,12 +380,7 @@ impl CouchDb3Proxy {
                 }
                 let res = match up.send().await {
                     Ok(res) => res,
-                    Err(_) => {
-                        return axum::http::Response::builder()
-                            .status(502)
-                            .body(Body::empty())
-                            .unwrap();
-                    }
+                    Err(_) => return json_answer(502, Body::empty()),
                 };
                 let status = res.status().as_u16();
                 let continuous = query.iter().any(|(k, v)| k == "feed" && v == "continuous");
@@ -315,10 +392,12 @@ impl CouchDb3Proxy {
                         ),
                         LinesCodec::new(),
                     );
+                    let couchdb3 = faults.couchdb3;
                     let out = futures::stream::unfold(
-                        (lines, 0usize, false),
-                        move |(mut lines, mut n, done)| {
+                        (lines, 0usize, false, faults.long_line),
+                        move |(mut lines, mut n, done, mut long)| {
                             let (ends, cut_count) = (ends.clone(), cut_count.clone());
+                            let long_lines = long_lines.clone();
                             async move {
                                 if done {
                                     return None;
@@ -327,19 +406,33 @@ impl CouchDb3Proxy {
                                 if line.trim().is_empty() {
                                     return Some((
                                         Ok::<_, std::io::Error>(format!("{line}\n")),
-                                        (lines, n, false),
+                                        (lines, n, false, long),
                                     ));
+                                }
+                                // The long line goes just before the first change.
+                                let mut out = String::new();
+                                if let Some(len) = long.take() {
+                                    long_lines.fetch_add(1, Ordering::SeqCst);
+                                    out = long_line(len);
+                                }
+                                if !couchdb3 {
+                                    out.push_str(&line);
+                                    out.push('\n');
+                                    return Some((Ok(out), (lines, n, false, long)));
                                 }
                                 let mut v: serde_json::Value = serde_json::from_str(&line).ok()?;
                                 rewrite_seqs(&mut v);
                                 let text = v.to_string();
                                 n += 1;
                                 if n <= CHANGES_PER_FEED {
-                                    return Some((Ok(format!("{text}\n")), (lines, n, false)));
+                                    out.push_str(&text);
+                                    out.push('\n');
+                                    return Some((Ok(out), (lines, n, false, long)));
                                 }
                                 if cut {
                                     cut_count.fetch_add(1, Ordering::SeqCst);
-                                    Some((Ok(text[..text.len() / 2].to_string()), (lines, n, true)))
+                                    out.push_str(&text[..text.len() / 2]);
+                                    Some((Ok(out), (lines, n, true, long)))
                                 } else {
                                     ends.fetch_add(1, Ordering::SeqCst);
                                     // The feed ends as CouchDB's does, `last_seq` = the last change sent.
@@ -353,30 +446,26 @@ impl CouchDb3Proxy {
                                         .unwrap()
                                         - 1;
                                     let last = serde_json::json!({"last_seq": opaque(&prev.into()), "pending": 1});
-                                    Some((Ok(format!("{last}\n")), (lines, n, true)))
+                                    out.push_str(&format!("{last}\n"));
+                                    Some((Ok(out), (lines, n, true, long)))
                                 }
                             }
                         },
                     );
-                    return axum::http::Response::builder()
-                        .status(200)
-                        .header("content-type", "application/json")
-                        .body(Body::from_stream(out))
-                        .unwrap();
+                    return json_answer(200, Body::from_stream(out));
                 }
                 let bytes = res.bytes().await.unwrap_or_default();
                 let bytes = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    Ok(mut v) if path.ends_with("/_changes") || path.matches('/').count() == 1 => {
+                    Ok(mut v)
+                        if faults.couchdb3
+                            && (path.ends_with("/_changes") || path.matches('/').count() == 1) =>
+                    {
                         rewrite_seqs(&mut v);
                         v.to_string().into_bytes().into()
                     }
                     _ => bytes,
                 };
-                axum::http::Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(bytes))
-                    .unwrap()
+                json_answer(status, bytes)
             }
         };
         let app = axum::Router::new().fallback(handler);
@@ -387,6 +476,10 @@ impl CouchDb3Proxy {
             port,
             last_seq_ends,
             cuts,
+            refused,
+            long_lines,
+            refusing,
+            writes_down,
             task,
         }
     }

@@ -1,5 +1,8 @@
 //! Sends the spool on to CouchDB: in order, in large `_bulk_docs`, with the
 //! ids kpiggybank chose, removing each blob only once CouchDB confirmed it.
+//! A blob CouchDB refuses for good, even one that makes it refuse the whole
+//! request ([`bulk::write`]), moves to the spool's `rejected` table instead
+//! of holding up every blob behind it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,10 +10,10 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::Shared;
 use super::client::DocOutcome;
 use super::relay::{BACKOFF_MAX, BACKOFF_MIN};
 use super::spool::Spool;
+use super::{Shared, bulk};
 use crate::backoff::Backoff;
 use crate::store::StoreError;
 
@@ -34,6 +37,9 @@ pub async fn run(
     spooling: Arc<AtomicBool>,
 ) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    // True from a failed round to the next good one: the first failure is
+    // a warning, its repeats are not.
+    let mut failing = false;
     loop {
         if spool.is_empty() {
             if spooling.swap(false, Ordering::Relaxed) {
@@ -49,13 +55,13 @@ pub async fn run(
                 .iter()
                 .map(|e| (e.id.clone(), e.doc.clone()))
                 .collect();
-            let answers = shared.couch.bulk_docs(&pairs).await.map_err(|e| {
+            let outcomes = bulk::write(&shared.couch, &pairs).await.map_err(|e| {
                 shared.note(&e);
                 unavailable(e)
             })?;
             let (mut stored, mut rejected, mut retry) = (Vec::new(), Vec::new(), 0);
-            for (entry, answer) in entries.into_iter().zip(answers) {
-                match answer.outcome() {
+            for (entry, outcome) in entries.into_iter().zip(outcomes) {
+                match outcome {
                     DocOutcome::Stored => {
                         shared
                             .used
@@ -63,10 +69,14 @@ pub async fn run(
                         stored.push(entry.seq);
                     }
                     DocOutcome::Retry(_) => retry += 1,
+                    // Moved aside, so the blobs behind it flow: kept (it
+                    // was acknowledged), counted in the stats, and sent
+                    // again when the node next starts.
                     DocOutcome::Refused(reason) => {
-                        tracing::error!(
-                            "CouchDB refused spooled blob {}: {reason}; it stays in the spool's `rejected` table",
-                            entry.id
+                        tracing::warn!(
+                            "CouchDB refused spooled blob {}: {reason}; moved to the `rejected` table of the spool {}",
+                            entry.id,
+                            spool.path().display()
                         );
                         rejected.push((entry, reason));
                     }
@@ -78,13 +88,26 @@ pub async fn run(
             Ok::<usize, StoreError>(retry)
         };
         match round.await {
-            Ok(0) => backoff.reset(),
             Ok(retry) => {
-                tracing::debug!("{retry} spooled blobs to retry");
-                tokio::time::sleep(backoff.next_delay()).await;
+                if std::mem::take(&mut failing) {
+                    tracing::info!("forwarding the CouchDB spool again");
+                }
+                if retry == 0 {
+                    backoff.reset();
+                } else {
+                    tracing::debug!("{retry} spooled blobs to retry");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
             }
             Err(e) => {
-                tracing::debug!("forwarding the spool: {e}");
+                if std::mem::replace(&mut failing, true) {
+                    tracing::debug!("forwarding the spool: {e}");
+                } else {
+                    tracing::warn!(
+                        "cannot forward the CouchDB spool ({} blobs wait): {e}; retrying",
+                        spool.len()
+                    );
+                }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }

@@ -13,13 +13,16 @@
 //!   it on in order when CouchDB is back; it reaches subscribers once, through the relay, when it
 //!   lands in CouchDB. While the spool is not empty, new blobs queue behind it.
 //!   Reads (range, count, last) show only what CouchDB holds.
+//! - Smash: a hand-over bounded to the ids stored when it began ([`smash`]).
 
+mod bulk;
 pub mod client;
 pub mod feed;
 pub mod forwarder;
 pub mod refresher;
 pub mod relay;
 pub mod rollup;
+pub mod smash;
 pub mod spool;
 
 use std::borrow::Cow;
@@ -34,7 +37,10 @@ use tokio::task::AbortHandle;
 
 use self::client::{Couch, CouchError, DocOutcome, blob_doc};
 use self::spool::Spool;
-use super::{BlobStore, Page, RangeCursor, RangeQuery, RollupQuery, StoreError, rollup_bounds};
+use super::{
+    Backlog, BlobStore, Page, RangeCursor, RangeQuery, RollupQuery, Smash, StoreError,
+    rollup_bounds,
+};
 use crate::blob::{Blob, Doc};
 use crate::config::Config;
 use crate::feed::{FeedSender, Seq};
@@ -52,9 +58,6 @@ const BULK_MAX: usize = 2_000;
 /// Extra rows asked for when paging past a cursor, to step over the rows
 /// already handed out that share the cursor's timestamp.
 const PAGE_SLACK: usize = 16;
-
-/// Rows deleted per smash round.
-const SMASH_PAGE: usize = 500;
 
 /// What the store, its feed, the relay and the forwarder share.
 pub struct Shared {
@@ -101,6 +104,8 @@ pub struct CouchStore {
     spooling: Arc<AtomicBool>,
     /// Where the database's feed stood at open.
     start_seq: Option<Seq>,
+    /// Numbers the smashes of this process, to tag what each holds.
+    smashes: AtomicU64,
     tasks: Vec<AbortHandle>,
 }
 
@@ -133,6 +138,16 @@ impl CouchStore {
             .data_dir
             .join(format!("{}.couchdb-spool.sqlite3", config.db_name));
         let spool = Spool::open(&spool_path).await?;
+        // Blobs CouchDB refused for good were acknowledged: each start tries
+        // them again, in case what refused them (a validation function, a
+        // size limit) was changed meanwhile. Refused again, they move aside again.
+        let retried = spool.retry_rejected().await?;
+        if retried > 0 {
+            tracing::warn!(
+                "{retried} blobs CouchDB refused before are sent to it again from the spool {}",
+                spool.path().display()
+            );
+        }
         let shared = Arc::new(Shared {
             couch,
             epoch: ArcSwap::from_pointee(Arc::from(epoch)),
@@ -164,6 +179,7 @@ impl CouchStore {
             wake,
             spooling,
             start_seq: start,
+            smashes: AtomicU64::new(0),
             tasks: vec![relay.abort_handle(), forwarder.abort_handle()],
         })
     }
@@ -182,16 +198,19 @@ impl CouchStore {
         let mut to_spool = Vec::new();
         let mut offset = 0;
         for chunk in blobs.chunks(BULK_MAX) {
-            match self.shared.couch.bulk_docs(&Couch::bulk_pairs(chunk)).await {
-                Ok(answers) => {
-                    for (i, answer) in answers.iter().enumerate() {
-                        match answer.outcome() {
+            // A chunk CouchDB refuses whole for one blob in it is split to
+            // find that blob: spooled, it would be retried forever, and
+            // every later blob would queue behind it.
+            match bulk::write(&self.shared.couch, &Couch::bulk_pairs(chunk)).await {
+                Ok(outcomes) => {
+                    for (i, outcome) in outcomes.into_iter().enumerate() {
+                        match outcome {
                             DocOutcome::Stored => {}
                             DocOutcome::Retry(_) => to_spool.push(offset + i),
                             DocOutcome::Refused(reason) => {
                                 results[offset + i] = Err(StoreError::Refused(format!(
                                     "CouchDB refused blob {}: {reason}",
-                                    answer.id
+                                    chunk[i].id
                                 )));
                             }
                         }
@@ -399,120 +418,22 @@ impl BlobStore for CouchStore {
             .map_err(unavailable)
     }
 
-    async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
-        // Deleted blobs must reach the caller: a failure after some rounds
-        // returns what was taken (the rest stays stored) instead of an error
-        // that would drop them.
-        let mut taken = Vec::new();
-        let mut failure: Option<StoreError> = None;
-        let mut remaining = query.limit.unwrap_or(u64::MAX);
-        while remaining > 0 {
-            let want = remaining.min(SMASH_PAGE as u64) as usize;
-            let mut params: Vec<(&str, Cow<str>)> = vec![
-                ("include_docs", "true".into()),
-                ("limit", want.to_string().into()),
-            ];
-            let (first, last) = if query.descending {
-                (query.end, query.start)
-            } else {
-                (query.start, query.end)
-            };
-            if query.descending {
-                params.push(("descending", "true".into()));
-            }
-            if let Some(first) = first {
-                params.push(("startkey", first.to_string().into()));
-            }
-            if let Some(last) = last {
-                params.push(("endkey", last.to_string().into()));
-            }
-            let bytes = match self.shared.couch.view_all(&params).await {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    failure = Some(unavailable(e));
-                    break;
-                }
-            };
-            let rows = match Couch::rows(&bytes) {
-                Ok(rows) => rows,
-                Err(e) => {
-                    failure = Some(unavailable(e));
-                    break;
-                }
-            };
-            if rows.is_empty() {
-                break;
-            }
-            let mut candidates = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let Some(raw) = row.doc else { continue };
-                match blob_doc(raw.get()) {
-                    Ok((doc, Some(rev))) => candidates.push((row.id.clone(), rev, doc)),
-                    Ok((_, None)) => {}
-                    Err(e) => {
-                        failure.get_or_insert(unavailable(e));
-                    }
-                }
-            }
-            let pairs: Vec<(String, String)> = candidates
-                .iter()
-                .map(|(id, rev, _)| (id.clone(), rev.clone()))
-                .collect();
-            let answers = match self.shared.couch.bulk_delete(&pairs).await {
-                Ok(answers) => answers,
-                Err(e) => {
-                    // Unknown outcome: CouchDB may have deleted them.
-                    let ids: Vec<&str> = pairs.iter().map(|(id, _)| id.as_str()).collect();
-                    tracing::error!(
-                        ?ids,
-                        "smash: no answer to the deletion of {} blobs, which may be gone unreturned: {e}",
-                        ids.len()
-                    );
-                    failure = Some(unavailable(e));
-                    break;
-                }
-            };
-            let taken_before = taken.len();
-            for ((_, _, doc), answer) in candidates.into_iter().zip(answers) {
-                match answer.error.as_deref() {
-                    // Ours: the deletion of this revision went through.
-                    None => {
-                        let len = doc.as_str().len() as u64;
-                        let _ = self.shared.used.fetch_update(
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                            |u| Some(u.saturating_sub(len)),
-                        );
-                        remaining -= 1;
-                        taken.push(doc);
-                    }
-                    // Another smash deleted it first: theirs, not ours.
-                    Some("conflict") | Some("not_found") => {}
-                    // Not deleted: it stays stored and is not returned.
-                    Some(e) => {
-                        failure.get_or_insert(StoreError::Unavailable(format!(
-                            "CouchDB refused to delete {}: {e}",
-                            answer.id
-                        )));
-                    }
-                }
-            }
-            // A round that took nothing, or could not delete something, ends
-            // the smash: the next round would see the same rows again.
-            if failure.is_some() || taken.len() == taken_before {
-                break;
-            }
-            if rows.len() < want {
-                break;
-            }
-        }
-        match failure {
-            Some(e) if taken.is_empty() => Err(e),
-            Some(e) => {
-                tracing::warn!("smash returns {} blobs and stops early: {e}", taken.len());
-                Ok(taken)
-            }
-            None => Ok(taken),
-        }
+    async fn begin_smash(&self, query: &RangeQuery) -> Result<Box<dyn Smash>, StoreError> {
+        let smash = smash::CouchSmash::begin(
+            self.shared.clone(),
+            self.spool.clone(),
+            self.wake.clone(),
+            self.smashes.fetch_add(1, Ordering::Relaxed),
+            query,
+        )
+        .await?;
+        Ok(Box::new(smash))
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        Some(Backlog {
+            spooled: self.spool.len(),
+            rejected: self.spool.rejected(),
+        })
     }
 }

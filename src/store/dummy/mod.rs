@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, Smash, StoreError};
 use crate::blob::{Blob, Doc};
 use crate::feed::{Change, FeedSender, Seq, new_epoch};
 use crate::sample::login_sequence;
@@ -109,7 +109,22 @@ impl BlobStore for DummyStore {
         Ok(self.accepted.load(Ordering::Relaxed) as u64)
     }
 
-    async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
-        Ok(self.range_page(query, None, usize::MAX).await?.docs)
+    async fn begin_smash(&self, query: &RangeQuery) -> Result<Box<dyn Smash>, StoreError> {
+        let docs = self.range_page(query, None, usize::MAX).await?.docs;
+        Ok(Box::new(SampleSmash(Some(docs))))
+    }
+}
+
+/// A dummy smash: the generated samples, once; it holds nothing.
+struct SampleSmash(Option<Vec<Doc>>);
+
+#[async_trait]
+impl Smash for SampleSmash {
+    async fn take(&mut self) -> Result<Vec<Doc>, StoreError> {
+        Ok(self.0.take().unwrap_or_default())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<(), StoreError> {
+        Ok(())
     }
 }

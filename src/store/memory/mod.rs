@@ -9,13 +9,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{BlobStore, Page, RangeCursor, RangeQuery, StoreError};
+use super::{BlobStore, Page, RangeCursor, RangeQuery, SMASH_PAGE, Smash, StoreError};
 use crate::blob::{Blob, Doc};
 use crate::feed::{Change, FeedSender, Seq, new_epoch};
 
 /// The memory store.
 pub struct MemoryStore {
-    state: Mutex<State>,
+    /// Shared with the smashes under way, which put back what they hold.
+    state: Arc<Mutex<State>>,
     feed: FeedSender,
     epoch: Arc<str>,
 }
@@ -84,7 +85,7 @@ impl MemoryStore {
     /// An empty store whose changes go to `feed`.
     pub fn new(feed: FeedSender) -> MemoryStore {
         MemoryStore {
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
             feed,
             epoch: new_epoch(),
         }
@@ -154,34 +155,138 @@ impl BlobStore for MemoryStore {
         Ok(self.state.lock().by_id.len() as u64)
     }
 
-    async fn smash(&self, query: &RangeQuery) -> Result<Vec<Doc>, StoreError> {
-        let max = query.limit.unwrap_or(u64::MAX).min(usize::MAX as u64) as usize;
-        // One lock for choosing and removing: two smashes never see the same
-        // blobs, and a limited smash gets the oldest `limit` that are left.
-        let mut state = self.state.lock();
-        let page = state.range_page(query, None, max);
-        let mut taken = Vec::with_capacity(page.docs.len());
-        for doc in page.docs {
-            let id = doc_id(&doc);
-            if let Some((id, ts)) = state.by_id.remove_entry(id.as_str())
-                && let Some((seq, doc)) = state.by_time.remove(&(ts, id))
-            {
-                state.feed.remove(&seq);
-                state.used -= doc.as_str().len() as u64;
-                taken.push(doc);
-            }
-        }
-        Ok(taken)
+    async fn begin_smash(&self, query: &RangeQuery) -> Result<Box<dyn Smash>, StoreError> {
+        Ok(Box::new(MemorySmash {
+            state: self.state.clone(),
+            query: query.clone(),
+            newest: self.state.lock().last_seq,
+            after: None,
+            remaining: query.limit.unwrap_or(u64::MAX),
+            held: Vec::new(),
+        }))
     }
 }
 
-/// The `_id` of a stored doc (always its first field).
-fn doc_id(doc: &Doc) -> String {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        _id: String,
+/// One blob a memory smash holds: (seq, timestamp, id, doc).
+type Held = (i64, i64, Arc<str>, Doc);
+
+/// A smash of the memory store: each page leaves the maps under one lock,
+/// so two smashes never take the same blob; dropped unfinished, it puts
+/// its blobs back.
+struct MemorySmash {
+    state: Arc<Mutex<State>>,
+    query: RangeQuery,
+    /// The newest seq when the smash began: blobs stored later are not its.
+    newest: i64,
+    /// The last blob taken; the next page starts after it.
+    after: Option<(i64, Arc<str>)>,
+    remaining: u64,
+    held: Vec<Held>,
+}
+
+impl State {
+    /// Takes up to `max` blobs of `query` stored at or before seq `newest`,
+    /// after `after`, in the query's order, out of the maps.
+    fn take(
+        &mut self,
+        query: &RangeQuery,
+        newest: i64,
+        after: Option<&(i64, Arc<str>)>,
+        max: usize,
+    ) -> Vec<Held> {
+        let lo = query.start.unwrap_or(i64::MIN);
+        let hi = query.end.unwrap_or(i64::MAX);
+        let fits = |(k, (seq, _)): &Row<'_>| k.0 >= lo && k.0 <= hi && *seq <= newest;
+        let keys: Vec<(i64, Arc<str>)> = if query.descending {
+            let upper = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.clone()));
+            self.by_time
+                .range((Bound::Unbounded, upper))
+                .rev()
+                .skip_while(|(k, _)| k.0 > hi)
+                .take_while(|(k, _)| k.0 >= lo)
+                .filter(fits)
+                .take(max)
+                .map(|(k, _)| k.clone())
+                .collect()
+        } else {
+            let lower = after.map_or(Bound::Included((lo, Arc::from(""))), |a| {
+                Bound::Excluded(a.clone())
+            });
+            self.by_time
+                .range((lower, Bound::Unbounded))
+                .take_while(|(k, _)| k.0 <= hi)
+                .filter(fits)
+                .take(max)
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        let mut taken = Vec::with_capacity(keys.len());
+        for (ts, id) in keys {
+            if let Some((seq, doc)) = self.by_time.remove(&(ts, id.clone())) {
+                self.by_id.remove(&id);
+                self.feed.remove(&seq);
+                self.used -= doc.as_str().len() as u64;
+                taken.push((seq, ts, id, doc));
+            }
+        }
+        taken
     }
-    serde_json::from_str::<Id>(doc.as_str())
-        .map(|i| i._id)
-        .unwrap_or_default()
+
+    /// Puts held blobs back where they were.
+    fn give_back(&mut self, held: Vec<Held>) {
+        for (seq, ts, id, doc) in held {
+            self.used += doc.as_str().len() as u64;
+            self.by_id.insert(id.clone(), ts);
+            self.feed.insert(
+                seq,
+                Change {
+                    seq: Seq::int(seq),
+                    id: id.clone(),
+                    doc: doc.clone(),
+                },
+            );
+            self.by_time.insert((ts, id), (seq, doc));
+        }
+    }
+}
+
+#[async_trait]
+impl Smash for MemorySmash {
+    async fn take(&mut self) -> Result<Vec<Doc>, StoreError> {
+        if self.remaining == 0 {
+            return Ok(Vec::new());
+        }
+        let max = self.remaining.min(SMASH_PAGE as u64) as usize;
+        let page = self
+            .state
+            .lock()
+            .take(&self.query, self.newest, self.after.as_ref(), max);
+        self.remaining = if page.len() < max {
+            0
+        } else {
+            self.remaining - page.len() as u64
+        };
+        self.after = page.last().map(|(_, ts, id, _)| (*ts, id.clone()));
+        let docs = page.iter().map(|(_, _, _, doc)| doc.clone()).collect();
+        self.held.extend(page);
+        Ok(docs)
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.held.clear();
+        Ok(())
+    }
+}
+
+impl Drop for MemorySmash {
+    fn drop(&mut self) {
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            tracing::warn!(
+                "a smash ended before its whole answer was sent: its {} blobs are stored again",
+                held.len()
+            );
+            self.state.lock().give_back(held);
+        }
+    }
 }
