@@ -17,6 +17,8 @@ pub mod sketch;
 pub mod summary;
 pub mod window;
 
+use std::collections::BTreeMap;
+
 use serde_json::{Value, json};
 
 pub use facts::Facts;
@@ -36,6 +38,23 @@ pub struct Rollup {
 }
 
 impl Rollup {
+    /// A rollup of `start_ms..=end_ms` by `bucket_ms` from buckets by
+    /// start; empty ones are left out.
+    pub fn from_buckets(
+        start_ms: i64,
+        end_ms: i64,
+        bucket_ms: u64,
+        mut buckets: BTreeMap<i64, Summary>,
+    ) -> Rollup {
+        buckets.retain(|_, s| s.count > 0);
+        Rollup {
+            start_ms: window::bucket_start(start_ms, bucket_ms),
+            end_ms,
+            bucket_ms,
+            buckets: buckets.into_iter().collect(),
+        }
+    }
+
     /// The KPIs of the whole window.
     pub fn total(&self) -> Summary {
         let mut total = Summary::default();

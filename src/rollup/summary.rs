@@ -37,6 +37,22 @@ impl Tally {
     }
 }
 
+/// How a store keeps a bucket's KPIs as rows of (dim, value, n): the count
+/// (`dim` 0, `value` empty), the five breakdowns (1..=5, in `DIMENSIONS`
+/// order, `value` the label), a duration bin's count (6, `value` the bin),
+/// and the slot's longest duration (7, `n` the duration). The embedded
+/// store's tables and CouchDB's view keys both use these codes.
+pub mod dim {
+    /// Every sign-in of the slot.
+    pub const COUNT: i64 = 0;
+    /// The first breakdown; the five are `FIRST..FIRST + 5`.
+    pub const FIRST: i64 = 1;
+    /// A duration bin's count.
+    pub const DURATION_BIN: i64 = 6;
+    /// The slot's longest duration.
+    pub const DURATION_MAX: i64 = 7;
+}
+
 /// The KPIs of some sign-ins.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Summary {
@@ -57,6 +73,24 @@ impl Summary {
         }
         for (tally, value) in self.dims.iter_mut().zip(&facts.dims) {
             tally.add(value, 1);
+        }
+    }
+
+    /// Adds one stored row (see [`dim`]): `sum` of its `n`s, or `max` for
+    /// the longest duration. Rows of unknown codes are ignored.
+    pub fn add_row(&mut self, code: i64, value: &str, sum: u64, max: u64) {
+        match code {
+            dim::COUNT => self.count += sum,
+            dim::DURATION_BIN => {
+                if let Ok(bin) = value.parse::<u32>() {
+                    self.durations.add_bin(bin, sum);
+                }
+            }
+            dim::DURATION_MAX => self.durations.note_max(max),
+            d if (dim::FIRST..dim::FIRST + 5).contains(&d) => {
+                self.dims[(d - dim::FIRST) as usize].add(value, sum);
+            }
+            _ => {}
         }
     }
 

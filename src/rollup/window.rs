@@ -85,6 +85,35 @@ pub fn bucket_ms(span_ms: u64, asked: Option<Duration>) -> Result<u64, WindowErr
     Ok(chosen)
 }
 
+/// A part of a window that a store reads at one granularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// Whole minutes `first..=last` (minutes since the epoch).
+    Minutes(i64, i64),
+    /// Seconds `first..=last` (seconds since the epoch).
+    Seconds(i64, i64),
+}
+
+/// How a store reads `start_ms..=end_ms` (to whole seconds) cut into
+/// `bucket_ms`: whole minutes at minute granularity where every bucket is
+/// whole minutes, and the ragged edges (or everything, for finer buckets)
+/// second by second.
+pub fn spans(start_ms: i64, end_ms: i64, bucket_ms: u64) -> Vec<Span> {
+    let (first, last) = (start_ms.div_euclid(1000), end_ms.div_euclid(1000));
+    let (whole_first, whole_last) = ((first + 59).div_euclid(60), (last + 1).div_euclid(60) - 1);
+    if !bucket_ms.is_multiple_of(60_000) || whole_first > whole_last {
+        return vec![Span::Seconds(first, last)];
+    }
+    let mut spans = vec![Span::Minutes(whole_first, whole_last)];
+    if first < whole_first * 60 {
+        spans.push(Span::Seconds(first, whole_first * 60 - 1));
+    }
+    if (whole_last + 1) * 60 <= last {
+        spans.push(Span::Seconds((whole_last + 1) * 60, last));
+    }
+    spans
+}
+
 /// The start of the bucket `ts_ms` falls in.
 pub fn bucket_start(ts_ms: i64, bucket_ms: u64) -> i64 {
     ts_ms.div_euclid(bucket_ms as i64) * bucket_ms as i64
@@ -108,5 +137,21 @@ mod tests {
         assert!(bucket_ms(86_400_000, Some(Duration::from_secs(1))).is_err());
         assert_eq!(bucket_start(61_500, 60_000), 60_000);
         assert_eq!(bucket_start(-1, 1000), -1000);
+    }
+
+    #[test]
+    fn a_window_is_whole_minutes_and_its_edges_by_second() {
+        // 00:00:30 to 00:02:29.999 by minute: one whole minute and two halves.
+        assert_eq!(
+            spans(30_000, 149_999, 60_000),
+            [
+                Span::Minutes(1, 1),
+                Span::Seconds(30, 59),
+                Span::Seconds(120, 149)
+            ]
+        );
+        assert_eq!(spans(0, 119_999, 60_000), [Span::Minutes(0, 1)]);
+        assert_eq!(spans(30_000, 89_999, 60_000), [Span::Seconds(30, 89)]);
+        assert_eq!(spans(0, 119_999, 10_000), [Span::Seconds(0, 119)]);
     }
 }

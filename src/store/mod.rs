@@ -195,12 +195,7 @@ pub trait BlobStore: Send + Sync + 'static {
                 }
             }
         }
-        Ok(Rollup {
-            start_ms: bucket_start(start_ms, bucket_ms),
-            end_ms,
-            bucket_ms,
-            buckets: buckets.into_iter().collect(),
-        })
+        Ok(Rollup::from_buckets(start_ms, end_ms, bucket_ms, buckets))
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::client::{Couch, CouchError};
 use crate::rollup::Rollup;
 use crate::rollup::summary::Summary;
-use crate::rollup::window::bucket_start;
+use crate::rollup::window::{Span, bucket_start, spans};
 
 /// kpiggybank's own design document.
 pub const DESIGN_DOC: &str = "_design/kpiggybank";
@@ -129,85 +129,39 @@ async fn sum_into(
         if second.is_some() && !(from_s..=to_s).contains(&at_s) {
             continue;
         }
-        let summary = buckets
+        buckets
             .entry(bucket_start(at_s * 1000, bucket_ms))
-            .or_default();
-        let sum = stats.sum.max(0.0) as u64;
-        match dim {
-            0 => summary.count += sum,
-            1..=5 => summary.dims[(dim - 1) as usize].add(value, sum),
-            6 => {
-                if let Ok(bin) = value.parse::<u32>() {
-                    summary.durations.add_bin(bin, sum);
-                }
-            }
-            7 => summary.durations.note_max(stats.max.max(0.0) as u64),
-            _ => {}
-        }
+            .or_default()
+            .add_row(
+                dim,
+                value,
+                stats.sum.max(0.0) as u64,
+                stats.max.max(0.0) as u64,
+            );
     }
     Ok(())
 }
 
-/// The rollup of `start_ms..=end_ms` by `bucket_ms`, to whole seconds.
+/// The rollup of `start_ms..=end_ms` by `bucket_ms`, to whole seconds:
+/// whole minutes at `group_level` 3, seconds at 4 (read by the minutes
+/// that hold them, and kept only inside the span).
 pub async fn query(
     couch: &Couch,
     start_ms: i64,
     end_ms: i64,
     bucket_ms: u64,
 ) -> Result<Rollup, CouchError> {
-    let (first_s, last_s) = (start_ms.div_euclid(1000), end_ms.div_euclid(1000));
-    let (first_m, last_m) = (first_s.div_euclid(60), last_s.div_euclid(60));
     let mut buckets = BTreeMap::new();
-    let whole = (first_s + 59).div_euclid(60)..=(last_s + 1).div_euclid(60) - 1;
-    if bucket_ms.is_multiple_of(60_000) && !whole.is_empty() {
-        let (wf, wl) = (*whole.start(), *whole.end());
-        sum_into(
-            couch,
-            (wf, wl),
-            3,
-            (first_s, last_s),
-            bucket_ms,
-            &mut buckets,
-        )
-        .await?;
-        if wf > first_m {
-            sum_into(
-                couch,
-                (first_m, first_m),
+    for span in spans(start_ms, end_ms, bucket_ms) {
+        let (minutes, level, seconds) = match span {
+            Span::Minutes(first, last) => ((first, last), 3, (first * 60, last * 60 + 59)),
+            Span::Seconds(first, last) => (
+                (first.div_euclid(60), last.div_euclid(60)),
                 4,
-                (first_s, last_s),
-                bucket_ms,
-                &mut buckets,
-            )
-            .await?;
-        }
-        if wl < last_m {
-            sum_into(
-                couch,
-                (last_m, last_m),
-                4,
-                (first_s, last_s),
-                bucket_ms,
-                &mut buckets,
-            )
-            .await?;
-        }
-    } else {
-        sum_into(
-            couch,
-            (first_m, last_m),
-            4,
-            (first_s, last_s),
-            bucket_ms,
-            &mut buckets,
-        )
-        .await?;
+                (first, last),
+            ),
+        };
+        sum_into(couch, minutes, level, seconds, bucket_ms, &mut buckets).await?;
     }
-    buckets.retain(|_, s: &mut Summary| s.count > 0);
-    Ok(Rollup {
-        start_ms: bucket_start(start_ms, bucket_ms),
-        end_ms,
-        bucket_ms,
-        buckets: buckets.into_iter().collect(),
-    })
+    Ok(Rollup::from_buckets(start_ms, end_ms, bucket_ms, buckets))
 }

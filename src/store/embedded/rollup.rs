@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 use rusqlite::{Connection, Transaction, params};
 
 use crate::rollup::sketch;
-use crate::rollup::summary::Summary;
-use crate::rollup::window::bucket_start;
+use crate::rollup::summary::{Summary, dim};
+use crate::rollup::window::{Span, bucket_start, spans};
 use crate::rollup::{Facts, Rollup};
 
 /// The tables, created with the store (and filled from its blobs once, for
@@ -29,15 +29,6 @@ pub const SCHEMA: &str = "
         PRIMARY KEY (slot, dim, value)
     ) WITHOUT ROWID;
 ";
-
-/// `dim` of the row counting every sign-in of the slot (`value` empty).
-const COUNT: i64 = 0;
-/// `dim` of the five breakdowns are 1..=5, in `facts::DIMENSIONS` order.
-const FIRST_DIMENSION: i64 = 1;
-/// `dim` of a duration bin's count (`value` the bin).
-const DURATION_BIN: i64 = 6;
-/// `dim` of the slot's longest duration (`n` is the duration, not a count).
-const DURATION_MAX: i64 = 7;
 
 /// The tables and the slot width each one counts by, in seconds.
 const TABLES: [(&str, i64); 2] = [("rollup_second", 1), ("rollup_minute", 60)];
@@ -55,16 +46,22 @@ struct Delta {
 impl Delta {
     fn add(&mut self, facts: &Facts, width: i64, sign: i64) {
         let slot = facts.ts_ms.div_euclid(1000 * width);
-        *self.counts.entry((slot, COUNT, String::new())).or_default() += sign;
+        *self
+            .counts
+            .entry((slot, dim::COUNT, String::new()))
+            .or_default() += sign;
         for (i, value) in facts.dims.iter().enumerate() {
             *self
                 .counts
-                .entry((slot, FIRST_DIMENSION + i as i64, value.clone()))
+                .entry((slot, dim::FIRST + i as i64, value.clone()))
                 .or_default() += sign;
         }
         if let Some(ms) = facts.duration {
             let bin = sketch::bin(ms).to_string();
-            *self.counts.entry((slot, DURATION_BIN, bin)).or_default() += sign;
+            *self
+                .counts
+                .entry((slot, dim::DURATION_BIN, bin))
+                .or_default() += sign;
             if sign > 0 {
                 let max = self.maxes.entry(slot).or_default();
                 *max = (*max).max(ms.min(i64::MAX as u64) as i64);
@@ -100,15 +97,17 @@ pub fn account<'a>(
             }
         }
         let mut raise = tx.prepare_cached(&format!(
-            "INSERT INTO {table} (slot, dim, value, n) VALUES (?1, {DURATION_MAX}, '', ?2) \
-             ON CONFLICT (slot, dim, value) DO UPDATE SET n = max(n, excluded.n)"
+            "INSERT INTO {table} (slot, dim, value, n) VALUES (?1, {max_code}, '', ?2) \
+             ON CONFLICT (slot, dim, value) DO UPDATE SET n = max(n, excluded.n)",
+            max_code = dim::DURATION_MAX
         ))?;
         for (slot, max) in &delta.maxes {
             raise.execute(params![slot, max])?;
         }
         if sign < 0 {
             tx.prepare_cached(&format!(
-                "DELETE FROM {table} WHERE n <= 0 AND dim != {DURATION_MAX}"
+                "DELETE FROM {table} WHERE n <= 0 AND dim != {}",
+                dim::DURATION_MAX
             ))?
             .execute([])?;
         }
@@ -172,23 +171,14 @@ fn sum_into(
     while let Some(row) = rows.next()? {
         let group: i64 = row.get(0)?;
         let start = bucket_start(group * per_bucket * width * 1000, bucket_ms);
-        let summary = buckets.entry(start).or_default();
-        let (dim, value, sum, max): (i64, String, i64, i64) =
+        let (code, value, sum, max): (i64, String, i64, i64) =
             (row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?);
-        let sum = sum.max(0) as u64;
-        match dim {
-            COUNT => summary.count += sum,
-            DURATION_BIN => {
-                if let Ok(bin) = value.parse::<u32>() {
-                    summary.durations.add_bin(bin, sum);
-                }
-            }
-            DURATION_MAX => summary.durations.note_max(max.max(0) as u64),
-            d if (FIRST_DIMENSION..FIRST_DIMENSION + 5).contains(&d) => {
-                summary.dims[(d - FIRST_DIMENSION) as usize].add(&value, sum);
-            }
-            _ => {}
-        }
+        buckets.entry(start).or_default().add_row(
+            code,
+            &value,
+            sum.max(0) as u64,
+            max.max(0) as u64,
+        );
     }
     Ok(())
 }
@@ -201,63 +191,13 @@ pub fn query(
     end_ms: i64,
     bucket_ms: u64,
 ) -> rusqlite::Result<Rollup> {
-    let (first, last) = (start_ms.div_euclid(1000), end_ms.div_euclid(1000));
     let mut buckets = BTreeMap::new();
-    if bucket_ms.is_multiple_of(60_000) {
-        // Whole minutes from the minute table; the partial minutes at either
-        // end from the second table.
-        let (minute_first, minute_last) =
-            ((first + 59).div_euclid(60), (last + 1).div_euclid(60) - 1);
-        if minute_first <= minute_last {
-            sum_into(
-                conn,
-                "rollup_minute",
-                60,
-                (minute_first, minute_last),
-                bucket_ms,
-                &mut buckets,
-            )?;
-            sum_into(
-                conn,
-                "rollup_second",
-                1,
-                (first, minute_first * 60 - 1),
-                bucket_ms,
-                &mut buckets,
-            )?;
-            sum_into(
-                conn,
-                "rollup_second",
-                1,
-                ((minute_last + 1) * 60, last),
-                bucket_ms,
-                &mut buckets,
-            )?;
-        } else {
-            sum_into(
-                conn,
-                "rollup_second",
-                1,
-                (first, last),
-                bucket_ms,
-                &mut buckets,
-            )?;
-        }
-    } else {
-        sum_into(
-            conn,
-            "rollup_second",
-            1,
-            (first, last),
-            bucket_ms,
-            &mut buckets,
-        )?;
+    for span in spans(start_ms, end_ms, bucket_ms) {
+        let (table, width, range) = match span {
+            Span::Minutes(first, last) => ("rollup_minute", 60, (first, last)),
+            Span::Seconds(first, last) => ("rollup_second", 1, (first, last)),
+        };
+        sum_into(conn, table, width, range, bucket_ms, &mut buckets)?;
     }
-    buckets.retain(|_, s: &mut Summary| s.count > 0);
-    Ok(Rollup {
-        start_ms: bucket_start(start_ms, bucket_ms),
-        end_ms,
-        bucket_ms,
-        buckets: buckets.into_iter().collect(),
-    })
+    Ok(Rollup::from_buckets(start_ms, end_ms, bucket_ms, buckets))
 }
